@@ -1,0 +1,299 @@
+"""The bony pelvis, both proximal femora and the soft-tissue envelope, as path-length maps.
+
+Everything is built from ellipsoids and tapered capsules in world millimetres (see
+:mod:`avn_node.phantom.projection`). A :class:`Patient` holds what stays the same across the radiographs of
+one person; a :class:`Pose` what changes between an AP pelvis and a frog-leg lateral.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from avn_node.ground_truth import Side, View
+from avn_node.phantom.lesions import HeadFrame, HeadLesion, LesionEffects, _Sector, effects
+from avn_node.phantom.projection import Array, Bone, Canvas, Capsule, Ellipsoid, Point, accumulate
+
+SIDE_SIGN = {Side.R: -1.0, Side.L: 1.0}
+"""World x of a side's hip: the patient's right at negative x."""
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Body habitus and skeletal dimensions of one patient (mm, degrees)."""
+
+    sex: str
+    age_years: int
+    head_radius: float
+    hip_distance: float
+    neck_shaft_deg: float
+    neck_length: float
+    shaft_radius: float
+    shaft_cortex: float
+    joint_gap: float
+    trunk_half_width: float
+    trunk_half_depth: float
+    thigh_radius: float
+    pelvic_height: float
+    bone_island: dict[Side, tuple[float, float, float] | None]
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> Patient:
+        sex = "F" if rng.random() < 0.45 else "M"
+        scale = float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12))
+        radius = (24.0 if sex == "M" else 21.5) * scale * rng.uniform(0.95, 1.05)
+        fat = rng.uniform(0.0, 1.0)
+        islands = {
+            s: ((rng.uniform(-0.3, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(1.5, 3.5)) if rng.random() < 0.06 else None)
+            for s in (Side.L, Side.R)
+        }
+        return cls(
+            sex=sex,
+            age_years=int(rng.integers(20, 80)),
+            head_radius=radius,
+            hip_distance=(172.0 if sex == "M" else 180.0) * scale * rng.uniform(0.96, 1.04),
+            neck_shaft_deg=float(rng.normal(129, 4)),
+            neck_length=radius * rng.uniform(2.0, 2.4),
+            shaft_radius=radius * rng.uniform(0.55, 0.62),
+            shaft_cortex=rng.uniform(4.0, 6.5),
+            joint_gap=rng.uniform(3.5, 5.0),
+            trunk_half_width=rng.uniform(150, 175) + 60 * fat,
+            trunk_half_depth=rng.uniform(85, 105) + 55 * fat,
+            thigh_radius=rng.uniform(65, 80) + 30 * fat,
+            pelvic_height=rng.uniform(0.85, 1.12),
+            bone_island=islands,
+        )
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Positioning of one radiograph."""
+
+    view: View
+    adduction_deg: float
+    abduction_deg: float
+    neck_projection: float
+    neck_shaft_projected_deg: float
+    lesser_trochanter: float
+    symphysis_shift: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, view: View, patient: Patient) -> Pose:
+        frog = view is View.FL
+        return cls(
+            view=view,
+            adduction_deg=rng.uniform(3, 10),
+            abduction_deg=rng.uniform(35, 60) if frog else 0.0,
+            neck_projection=rng.uniform(0.55, 0.8) if frog else rng.uniform(0.88, 1.0),
+            neck_shaft_projected_deg=rng.uniform(140, 165) if frog else patient.neck_shaft_deg,
+            lesser_trochanter=rng.uniform(0.8, 1.2) if frog else rng.uniform(0.0, 0.6),
+            symphysis_shift=rng.uniform(-12, 12),
+        )
+
+
+@dataclass
+class PathMaps:
+    """Path lengths (mm) through each tissue, plus extra attenuation in units of cancellous bone."""
+
+    soft: Array
+    cortical: Array
+    cancellous: Array
+    extra: Array
+    head_outlines: dict[Side, tuple[float, float, float, float] | None | str]
+    """Per side: outline box in pixels, None (outside the image) or "partial" (cut by its edge)."""
+
+
+def _unit(x: float, y: float) -> Point:
+    n = math.hypot(x, y)
+    return (x / n, y / n)
+
+
+def _rotate(v: Point, deg: float) -> Point:
+    t = math.radians(deg)
+    return (v[0] * math.cos(t) - v[1] * math.sin(t), v[0] * math.sin(t) + v[1] * math.cos(t))
+
+
+def _add(p: Point, *terms: tuple[Point, float]) -> Point:
+    x, y = p
+    for (vx, vy), k in terms:
+        x, y = x + vx * k, y + vy * k
+    return (x, y)
+
+
+def dome_direction(side: Side) -> Point:
+    """Weight-bearing direction of a femoral head: up and 15° lateral."""
+    return _unit(SIDE_SIGN[side] * math.sin(math.radians(15)), -math.cos(math.radians(15)))
+
+
+def render(
+    canvas: Canvas,
+    patient: Patient,
+    pose: Pose,
+    lesions: dict[Side, HeadLesion],
+    soft_step: int = 4,
+) -> PathMaps:
+    """Path-length maps of the whole scene on ``canvas``."""
+    shape = (canvas.rows, canvas.cols)
+    maps = PathMaps(
+        soft=_soft_tissue(canvas, patient, pose, soft_step),
+        cortical=np.zeros(shape, np.float32),
+        cancellous=np.zeros(shape, np.float32),
+        extra=np.zeros(shape, np.float32),
+        head_outlines={},
+    )
+    _sacrum(canvas, patient, pose, maps)
+    for side in (Side.R, Side.L):
+        _hip(canvas, patient, pose, side, lesions[side], maps)
+    return maps
+
+
+def _soft_tissue(canvas: Canvas, patient: Patient, pose: Pose, step: int) -> Array:
+    w = canvas.full(step)
+    t = np.zeros(w.x.shape, np.float32)
+    depth = patient.trunk_half_depth / patient.trunk_half_width
+    perineum = 3.2 * patient.head_radius * patient.pelvic_height
+    trunk = Capsule((0.0, -2000.0), (0.0, perineum - patient.trunk_half_width * 0.35), patient.trunk_half_width,
+                    patient.trunk_half_width, depth)
+    np.maximum(t, trunk.path(w.x, w.y), out=t)
+    for side in (Side.R, Side.L):
+        sgn = SIDE_SIGN[side]
+        d = _shaft_direction(pose, sgn)
+        start = (sgn * patient.hip_distance * 0.45, -30.0)
+        thigh = Capsule(start, _add(start, (d, 2000.0)), patient.thigh_radius, patient.thigh_radius * 0.9,
+                        patient.trunk_half_depth / patient.thigh_radius * 0.8)
+        np.maximum(t, thigh.path(w.x, w.y), out=t)
+    full = Image.fromarray(t, mode="F").resize((canvas.cols, canvas.rows), Image.Resampling.BILINEAR)
+    return np.asarray(full, dtype=np.float32)
+
+
+def _shaft_direction(pose: Pose, sgn: float) -> Point:
+    """Unit vector along the femoral shaft, pointing distally."""
+    if pose.view is View.FL:
+        a = math.radians(pose.abduction_deg)
+        return (sgn * math.sin(a), math.cos(a))
+    a = math.radians(pose.adduction_deg)
+    return (-sgn * math.sin(a), math.cos(a))
+
+
+def _sacrum(canvas: Canvas, patient: Patient, pose: Pose, maps: PathMaps) -> None:
+    k = patient.hip_distance / 176.0
+    ty = patient.pelvic_height
+    bone = Bone(canvas)
+    bone.add(Ellipsoid((pose.symphysis_shift * 0.3, -95 * ty * k), 47 * k, 46 * ty * k, 20 * k), 1.4)
+    bone.add(Capsule((0.0, -65 * ty * k), (pose.symphysis_shift * 0.1, -22 * ty * k), 22 * k, 8 * k, 0.8), 1.3)
+    bone.add(Ellipsoid((0.0, -165 * ty * k), 26 * k, 15 * k, 22 * k), 1.5)
+    bone.render(maps.cortical, maps.cancellous)
+    for i in range(4):
+        for sgn in (-1.0, 1.0):
+            hole = Ellipsoid((sgn * 21 * k * (1 - 0.12 * i), (-128 + 19 * i) * ty * k), 4.5 * k, 3.5 * k, 12 * k)
+            accumulate(canvas, maps.extra, hole, -0.8)
+
+
+def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadLesion, maps: PathMaps) -> None:
+    sgn = SIDE_SIGN[side]
+    r = patient.head_radius
+    k = patient.hip_distance / 176.0
+    ty = patient.pelvic_height
+    med, lat, up = (-sgn, 0.0), (sgn, 0.0), (0.0, -1.0)
+    acetabulum = (sgn * patient.hip_distance / 2, 0.0)
+    dome = dome_direction(side)
+    fx: LesionEffects = effects(lesion, HeadFrame(acetabulum, r, dome))
+    socket = r + patient.joint_gap
+    head_center = _add(acetabulum, (dome, patient.joint_gap * (1.0 - fx.gap_factor)))
+    head = HeadFrame(head_center, r, dome)
+    if fx.gap_factor != 1.0:  # lesion features are laid out on the displaced head
+        fx = effects(lesion, head)
+    symphysis = (pose.symphysis_shift + sgn * 13 * k, 30 * ty * k)
+    tuberosity = _add(acetabulum, (med, 0.6 * r), (up, -2.8 * r * ty))
+
+    # hemipelvis, then the socket carved out of it
+    pelvis = Bone(canvas)
+    pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.25 * r), (up, 0.55 * r * ty)), 1.45 * r, 1.55 * r, 1.25 * r), 1.5)
+    wing_base = (sgn * (patient.hip_distance / 2 - 12 * k), -70 * ty * k)
+    pelvis.add(Capsule(_add(acetabulum, (med, 0.1 * r), (up, 1.0 * r)), wing_base, 0.9 * r, 0.8 * r, 0.6), 1.5)
+    pelvis.add(Ellipsoid((sgn * (patient.hip_distance / 2 + 2 * k), -108 * ty * k), 68 * k, 52 * ty * k, 6.5,
+                         sgn * -15), 1.4)
+    pelvis.add(Capsule(_add(acetabulum, (med, 0.85 * r), (up, -0.3 * r * ty)), symphysis, 0.42 * r, 0.34 * r), 1.6)
+    pelvis.add(Ellipsoid(_add(symphysis, (up, -12 * ty * k)), 11 * k, 20 * ty * k, 13 * k), 1.5)
+    pelvis.add(Capsule(_add(symphysis, (up, -26 * ty * k)), tuberosity, 0.3 * r, 0.3 * r), 1.6)
+    pelvis.add(Capsule(_add(acetabulum, (med, 0.15 * r), (up, -0.9 * r * ty)), tuberosity, 0.62 * r, 0.5 * r), 1.8)
+    pelvis.add(Ellipsoid(tuberosity, 0.55 * r, 0.65 * r, 0.6 * r), 1.5)
+    pelvis.render(maps.cortical, maps.cancellous)
+    cup = Ellipsoid(acetabulum, socket, socket, socket, modulation=fx.socket_modulation)
+    w = canvas.window(*cup.bbox())
+    if w is not None:
+        carved = maps.cancellous[w.rows, w.cols]
+        np.maximum(carved - cup.path(w.x, w.y), 0.0, out=carved)
+    rim = 1.6 + fx.socket_cortex_extra_mm
+    roof = HeadFrame(acetabulum, socket, dome)
+    accumulate(canvas, maps.cortical, _Sector(cup.shrunk(-rim), roof, math.radians(95)), 1.0)
+    accumulate(canvas, maps.cortical, _Sector(cup, roof, math.radians(95)), -1.0)
+    for osteophyte in fx.osteophytes:
+        accumulate(canvas, maps.cortical, osteophyte, 1.0)
+    # pelvic brim (iliopectineal line) and teardrop: thin cortical lines
+    brim = [(sgn * 40 * k, -80 * ty * k), _add(acetabulum, (med, 1.0 * r), (up, 1.5 * r * ty)),
+            _add(acetabulum, (med, 1.2 * r), (up, 0.2 * r)), _add(symphysis, (up, 4.0))]
+    for p0, p1 in zip(brim, brim[1:]):
+        accumulate(canvas, maps.cortical, Capsule(p0, p1, 2.2, 2.2, 1.6))
+    accumulate(canvas, maps.cortical, Capsule(_add(acetabulum, (med, 1.15 * r), (up, 0.2 * r)),
+                                              _add(acetabulum, (med, 1.05 * r), (up, -0.55 * r)), 1.6, 1.6, 2.0))
+
+    # proximal femur
+    shaft = _shaft_direction(pose, sgn)
+    to_head = _neck_direction(shaft, pose.neck_shaft_projected_deg, sgn)
+    junction = _add(head_center, (to_head, -patient.neck_length * pose.neck_projection))
+    femur = Bone(canvas)
+    head_solid = Ellipsoid(head_center, r, r, r, modulation=fx.head_modulation, cut=fx.head_cut)
+    femur.add(head_solid, 1.0)
+    femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
+    femur.add(Capsule(_add(junction, (shaft, -0.3 * r)), _add(junction, (shaft, 600.0)), patient.shaft_radius,
+                      patient.shaft_radius), patient.shaft_cortex)
+    femur.add(Capsule(_add(junction, (shaft, -0.4 * r), (lat, 0.3 * r)), _add(junction, (shaft, 1.2 * r)),
+                      0.95 * r, 0.72 * r, 0.9), 1.3)
+    angle = math.degrees(math.atan2(shaft[1], shaft[0]))
+    greater = (0.3 if pose.view is View.FL else 0.7) * r
+    femur.add(Ellipsoid(_add(junction, (lat, greater), (shaft, -0.55 * r)), 0.7 * r, 1.0 * r, 0.85 * r, angle), 1.2)
+    lesser = _add(junction, (shaft, 1.5 * r), (med, (0.45 + 0.45 * pose.lesser_trochanter) * r))
+    femur.add(Ellipsoid(lesser, 0.5 * r, 0.33 * r, 0.4 * r, angle), 1.0)
+    femur.render(maps.cortical, maps.cancellous)
+
+    # normal trabecular architecture (every head), then the lesion
+    accumulate(canvas, maps.extra, Capsule(head.at(0.55, 0.1), _add(junction, (med, 0.45 * r), (shaft, 0.6 * r)),
+                                           0.2 * r, 0.28 * r, 0.9), 0.22)
+    accumulate(canvas, maps.extra, Ellipsoid(_add(junction, (shaft, 0.1 * r)), 0.3 * r, 0.22 * r, 0.5 * r, angle), -0.3)
+    island = patient.bone_island[side]
+    if island is not None:
+        accumulate(canvas, maps.extra, Ellipsoid(head.at(island[0], island[1]), island[2], island[2], island[2]), 1.2)
+    for solid, dmu in fx.density:
+        accumulate(canvas, maps.extra, solid, dmu)
+    maps.head_outlines[side] = _outline(canvas, head_solid)
+
+
+def _neck_direction(shaft: Point, neck_shaft_deg: float, sgn: float) -> Point:
+    """Direction from the neck's junction with the shaft axis to the head: medial and up."""
+    for d in (neck_shaft_deg, -neck_shaft_deg):
+        v = _rotate(shaft, d)
+        if v[1] < 0 and v[0] * -sgn > 0:
+            return v
+    raise AssertionError("no medial, upward neck direction")
+
+
+def _outline(canvas: Canvas, solid: Ellipsoid) -> tuple[float, float, float, float] | None | str:
+    """Pixel box ``[x0, y0, x1, y1]`` of the solid's outline (pixel edges); None if outside the image,
+    ``"partial"`` if the image edge cuts it."""
+    lo, hi = solid.bbox()
+    w = canvas.window((lo[0] - 5, lo[1] - 5), (hi[0] + 5, hi[1] + 5))
+    if w is None:
+        return None
+    inside = solid.path(w.x, w.y) > 0
+    if not inside.any():
+        return None
+    if inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any():
+        return "partial"
+    rows = np.flatnonzero(inside.any(axis=1))
+    cols = np.flatnonzero(inside.any(axis=0))
+    r0, c0 = w.rows.start, w.cols.start
+    return (c0 + cols[0] - 0.5, r0 + rows[0] - 0.5, c0 + cols[-1] + 0.5, r0 + rows[-1] + 0.5)

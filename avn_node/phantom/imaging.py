@@ -1,0 +1,241 @@
+"""X-ray image formation: Beer–Lambert on path-length maps, then what a real detector and its software do.
+
+Primary fluence ``N0 · heel · collimation · exp(-Σ μ·t)`` with automatic exposure control, scatter as a
+broad blur of the primary, Poisson-like quantum noise, detector blur, log conversion, the vendor's
+edge enhancement / dynamic-range compression, and the mapping to 12–16 stored bits (MONOCHROME1 or 2)
+with a window or a VOI LUT that a viewer applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import gaussian_filter
+
+from avn_node.ground_truth import Side, View
+from avn_node.phantom.anatomy import PathMaps
+from avn_node.phantom.projection import Array, Point
+
+MU_SOFT = 0.0205
+MU_CORTICAL = 0.11
+MU_CANCELLOUS = 0.045
+"""Linear attenuation coefficients (1/mm) at an effective energy of a ~70 kVp hip exposure."""
+
+DX_SPACINGS_MM = (0.100, 0.125, 0.139, 0.143, 0.148, 0.150, 0.160, 0.175, 0.200)
+CR_SPACINGS_MM = (0.100, 0.150, 0.175, 0.200)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Everything about one exposure and its processing that is not the patient."""
+
+    view: View
+    unilateral: Side | None
+    modality: str
+    rows: int
+    cols: int
+    spacing_mm: float
+    center_world: Point
+    rotation_deg: float
+    mirrored: bool
+    photometric: str
+    bits_stored: int
+    kv_scale: float
+    photons: float
+    heel: float
+    heel_along_rows: bool
+    scatter_ratio: float
+    scatter_sigma_mm: float
+    blur_px: float
+    edge_enhance: float
+    range_compress: float
+    processing_sigma_mm: float
+    collimation: tuple[float, float, float, float]
+    marker: Side | None
+    marker_at: tuple[float, float]
+    rescale: tuple[float, float]
+    voi: str
+    window_scale: float
+    seed: int
+
+    @classmethod
+    def sample(
+        cls,
+        rng: np.random.Generator,
+        view: View,
+        unilateral: Side | None,
+        modality: str,
+        hip_distance: float,
+        size_range: tuple[int, int] = (1500, 3000),
+    ) -> Acquisition:
+        """One exposure; the detector's pixel count stays in ``size_range`` (pixel spacing adapts)."""
+        spacing = float(rng.choice(DX_SPACINGS_MM if modality == "DX" else CR_SPACINGS_MM))
+        if unilateral is None:
+            width = rng.uniform(330, 430)
+            height = width * rng.uniform(0.72, 0.9)
+            center = (rng.uniform(-15, 15), rng.uniform(0, 35))
+        else:
+            width = rng.uniform(200, 290)
+            height = width * rng.uniform(0.85, 1.1)
+            sgn = -1.0 if unilateral is Side.R else 1.0
+            center = (sgn * (hip_distance / 2 + rng.uniform(-5, 30)), rng.uniform(5, 45))
+        lo, hi = size_range
+        spacing = round(float(np.clip(spacing, width / hi, width / lo)), 4)
+        cols = int(np.clip(round(width / spacing), lo, hi))
+        rows = int(np.clip(round(height / spacing), lo, hi))
+        if unilateral is None:
+            marker = Side.R if rng.random() < 0.85 else (Side.L if rng.random() < 0.5 else None)
+        else:
+            marker = unilateral if rng.random() < 0.85 else None
+        rescale = (1.0, 0.0)
+        voi = str(rng.choice(["window", "lut", "both"], p=[0.7, 0.15, 0.15]))
+        if modality == "CR" and voi == "window" and rng.random() < 0.4:
+            rescale = [(1.0, -1024.0), (0.5, 0.0), (2.0, -4096.0)][int(rng.integers(3))]
+        margins = tuple(float(rng.uniform(0.0, 0.07)) if rng.random() < 0.6 else 0.0 for _ in range(4))
+        return cls(
+            view=view,
+            unilateral=unilateral,
+            modality=modality,
+            rows=rows,
+            cols=cols,
+            spacing_mm=spacing,
+            center_world=center,
+            rotation_deg=float(np.clip(rng.normal(0, 4), -10, 10)),
+            mirrored=bool(rng.random() < 0.05),
+            photometric="MONOCHROME1" if rng.random() < (0.5 if modality == "CR" else 0.15) else "MONOCHROME2",
+            bits_stored=int(rng.integers(12, 17)),
+            kv_scale=rng.uniform(0.88, 1.12),
+            photons=float(np.exp(rng.uniform(np.log(400), np.log(3000)))),
+            heel=rng.uniform(-0.15, 0.15),
+            heel_along_rows=bool(rng.random() < 0.5),
+            scatter_ratio=rng.uniform(0.3, 1.2),
+            scatter_sigma_mm=rng.uniform(20, 50),
+            blur_px=rng.uniform(0.5, 0.9),
+            edge_enhance=rng.uniform(0.0, 0.8),
+            range_compress=rng.uniform(0.0, 0.5),
+            processing_sigma_mm=rng.uniform(8, 25),
+            collimation=margins,  # type: ignore[arg-type]
+            marker=marker,
+            marker_at=(rng.uniform(0.04, 0.12), rng.uniform(0.06, 0.3)),
+            rescale=rescale,
+            voi=voi,
+            window_scale=rng.uniform(0.85, 1.25),
+            seed=int(rng.integers(2**31)),
+        )
+
+    @property
+    def max_value(self) -> int:
+        return (1 << self.bits_stored) - 1
+
+
+@dataclass(frozen=True)
+class Radiograph:
+    """Stored pixels and the display settings a modality would send with them (output units)."""
+
+    pixels: Array
+    window: tuple[float, float]
+    voi_lut: tuple[int, np.ndarray] | None
+    """(first stored value mapped, 12-bit LUT entries) when the acquisition uses a VOI LUT."""
+
+
+def _profile(n: int, lo: float, hi: float, edge_px: float) -> Array:
+    """1 inside the collimated interval [lo, hi) of n pixels (fractions), falling off over ``edge_px``."""
+    i = np.arange(n, dtype=np.float32)
+    a, b = lo * n, (1.0 - hi) * n
+    return np.clip(np.minimum(i - a, b - i) / max(edge_px, 1e-3) + 0.5, 0.0, 1.0)
+
+
+def _lowres(img: Array, step: int, sigma_px: float) -> Array:
+    """Gaussian blur computed on a ``step``-subsampled copy and brought back to full size."""
+    small = gaussian_filter(img[::step, ::step], sigma_px / step, mode="nearest")
+    full = Image.fromarray(small.astype(np.float32), mode="F").resize(img.shape[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(full, dtype=np.float32)
+
+
+def _texture(shape: tuple[int, int], rng: np.random.Generator) -> Array:
+    """Band-pass noise with unit variance: the trabecular pattern of cancellous bone."""
+    small = rng.standard_normal((shape[0] // 2 + 1, shape[1] // 2 + 1), dtype=np.float32)
+    band = gaussian_filter(small, 1.0) - gaussian_filter(small, 3.0)
+    band /= band.std() + 1e-6
+    full = Image.fromarray(band, mode="F").resize(shape[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(full, dtype=np.float32)
+
+
+def _marker_mask(acq: Acquisition) -> Array:
+    """Path length (mm of lead-equivalent) of the radiopaque side marker, in pixels of the image."""
+    mask = np.zeros((acq.rows, acq.cols), np.float32)
+    if acq.marker is None:
+        return mask
+    size = int(14.0 / acq.spacing_mm)
+    glyph = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(glyph)
+    font = ImageFont.load_default(size=int(size * 0.9))
+    draw.text((size * 0.12, -size * 0.05), acq.marker.value, fill=255, font=font, stroke_width=max(size // 18, 1),
+              stroke_fill=255)
+    on_right = (acq.marker is Side.L) != acq.mirrored
+    if acq.mirrored:
+        glyph = glyph.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    left, top, right, bottom = acq.collimation
+    fx, fy = acq.marker_at
+    c0 = int((1.0 - right - fx) * acq.cols) - size if on_right else int((left + fx) * acq.cols)
+    r0 = int((top + fy) * acq.rows)
+    mask[r0:r0 + size, c0:c0 + size] = np.asarray(glyph, np.float32) / 255.0
+    return mask
+
+
+def expose(maps: PathMaps, acq: Acquisition, noise: bool = True) -> Radiograph:
+    """Form the stored image of ``maps`` under ``acq``; ``noise=False`` gives the noise-free expectation."""
+    rng = np.random.default_rng(acq.seed)
+    tex = _texture((acq.rows, acq.cols), rng)
+    noise_rng = np.random.default_rng([acq.seed, 1]) if noise else None
+    bone = 1.0 / acq.kv_scale  # harder beams lower bone contrast more than soft-tissue attenuation
+    soft = np.maximum(maps.soft - maps.cortical - maps.cancellous, 0.0)
+    line = soft * np.float32(MU_SOFT * acq.kv_scale ** -0.5)
+    line += maps.cortical * np.float32(MU_CORTICAL * bone)
+    line += (maps.cancellous * (1.0 + 0.12 * tex) + maps.extra) * np.float32(MU_CANCELLOUS * bone)
+    line += _marker_mask(acq) * np.float32(4.0)
+
+    left, top, right, bottom = acq.collimation
+    edge = 1.5 / acq.spacing_mm
+    col_p = _profile(acq.cols, left, right, edge)
+    row_p = _profile(acq.rows, top, bottom, edge)
+    heel_c = 1.0 + acq.heel * np.linspace(-1, 1, acq.cols, dtype=np.float32) * (not acq.heel_along_rows)
+    heel_r = 1.0 + acq.heel * np.linspace(-1, 1, acq.rows, dtype=np.float32) * acq.heel_along_rows
+    inside = row_p[:, None] * col_p[None, :]
+    fluence = (heel_r[:, None] * heel_c[None, :]) * (0.04 + 0.96 * inside)
+    # automatic exposure control: the chamber behind the hips sees ``photons`` per pixel
+    r, c = acq.rows // 2, acq.cols // 2
+    chamber = float(np.median(line[r - acq.rows // 8:r + acq.rows // 8:4, c - acq.cols // 6:c + acq.cols // 6:4]))
+    n0 = acq.photons * float(np.exp(chamber))
+    primary = fluence * np.float32(n0) * np.exp(-line)
+    step = 8
+    detected = primary + np.float32(acq.scatter_ratio) * _lowres(primary, step, acq.scatter_sigma_mm / acq.spacing_mm)
+    if noise_rng is not None:
+        detected += np.sqrt(detected) * noise_rng.standard_normal(detected.shape, dtype=np.float32)
+    detected = gaussian_filter(detected, acq.blur_px, truncate=3.0)
+    q = np.float32(np.log(n0)) - np.log(np.maximum(detected, np.float32(1.0)))
+    base = _lowres(q, step, acq.processing_sigma_mm / acq.spacing_mm)
+    q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (base - base.mean())
+
+    field = q[::step, ::step][inside[::step, ::step] > 0.5]
+    lo, hi = np.percentile(field, [0.5, 99.8])
+    span = acq.max_value * rng.uniform(0.6, 0.92)
+    offset = acq.max_value * rng.uniform(0.02, 0.06)
+    v = np.clip((q - np.float32(lo)) * np.float32(span / max(hi - lo, 1e-3)) + np.float32(offset), 0, acq.max_value)
+    stored = np.rint(v).astype(np.uint16)
+    if acq.photometric == "MONOCHROME1":
+        stored = (acq.max_value - stored).astype(np.uint16)
+
+    slope, intercept = acq.rescale
+    body = stored[::step, ::step][inside[::step, ::step] > 0.5].astype(np.float64) * slope + intercept
+    p2, p98 = np.percentile(body, [2, 98])
+    window = (float(round((p2 + p98) / 2, 1)), float(round(max((p98 - p2) * acq.window_scale, 2.0), 1)))
+    lut = None
+    if acq.voi != "window":
+        a, b = (int(x) for x in np.percentile(body, [0.2, 99.8]))
+        n = min(max(b - a + 1, 2), 65535)
+        x = np.linspace(-4.0, 4.0, n) * (1.0 / acq.window_scale)
+        lut = (a, np.rint(4095.0 / (1.0 + np.exp(-x))).astype(np.uint16))
+    return Radiograph(stored, window, lut)
