@@ -44,6 +44,8 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
 
 MANUFACTURER = "avn-node phantom"
 
+VIEW_CODES = {"AP": ("399348003", "SCT", "antero-posterior"), "LL": ("399352003", "SCT", "left lateral")}
+
 ANATOMY = {
     "HIP": ("24136001", "SCT", "Hip joint"),
     "PELVIS": ("12921003", "SCT", "Pelvis"),
@@ -148,6 +150,8 @@ def build_dataset(study: StudyInfo, image: ImageInfo, acq: Acquisition, radiogra
     ds.ImageLaterality = image.image_laterality
     if not dx and not image.image_laterality:
         del ds.ImageLaterality
+        if image.body_part != "PELVIS":
+            ds.Laterality = ""  # Type 2C unless the body part is known to be unpaired
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = acq.photometric
     ds.Rows, ds.Columns = acq.rows, acq.cols
@@ -165,6 +169,9 @@ def build_dataset(study: StudyInfo, image: ImageInfo, acq: Acquisition, radiogra
         ds.PresentationLUTShape = "INVERSE" if acq.photometric == "MONOCHROME1" else "IDENTITY"
         ds.AnatomicRegionSequence = Sequence([_code(*ANATOMY[image.body_part or "PELVIS"])])
         ds.AcquisitionContextSequence = Sequence([])
+        ds.PositionerType = ""
+        if image.view_position in VIEW_CODES:
+            ds.ViewCodeSequence = Sequence([_code(*VIEW_CODES[image.view_position])])
     elif (slope, intercept) != (1.0, 0.0):
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, slope, "US"
     if acq.voi in ("window", "both"):
@@ -173,7 +180,7 @@ def build_dataset(study: StudyInfo, image: ImageInfo, acq: Acquisition, radiogra
     if radiograph.voi_lut is not None:
         first, data = radiograph.voi_lut
         item = Dataset()
-        item.LUTDescriptor = [len(data) % 65536, first, 12]
+        item.LUTDescriptor = [len(data) % 65536, first, 16]
         item.LUTExplanation = "NORMAL"
         item.add_new(0x00283006, "OW", data.astype("<u2").tobytes())  # LUT Data
         ds.VOILUTSequence = Sequence([item])

@@ -137,7 +137,7 @@ class Radiograph:
     pixels: Array
     window: tuple[float, float]
     voi_lut: tuple[int, np.ndarray] | None
-    """(first stored value mapped, 12-bit LUT entries) when the acquisition uses a VOI LUT."""
+    """(first value mapped, 16-bit LUT entries) when the acquisition uses a VOI LUT."""
 
 
 def _profile(n: int, lo: float, hi: float, edge_px: float) -> Array:
@@ -237,5 +237,5 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True) -> Radiograph:
         a, b = (int(x) for x in np.percentile(body, [0.2, 99.8]))
         n = min(max(b - a + 1, 2), 65535)
         x = np.linspace(-4.0, 4.0, n) * (1.0 / acq.window_scale)
-        lut = (a, np.rint(4095.0 / (1.0 + np.exp(-x))).astype(np.uint16))
+        lut = (a, np.rint(65535.0 / (1.0 + np.exp(-x))).astype(np.uint16))
     return Radiograph(stored, window, lut)
