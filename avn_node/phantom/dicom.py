@@ -199,7 +199,7 @@ def encode(ds: Dataset, syntax: str, pixels: np.ndarray) -> None:
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = uid
     else:
-        ds.compress(uid, pixels, encoding_plugin="pylibjpeg" if uid == RLELossless else "")
+        ds.compress(uid, pixels, encoding_plugin="pylibjpeg" if uid == RLELossless else "", generate_instance_uid=False)
 
 
 def write(ds: Dataset, path: Path) -> None:

@@ -7,13 +7,13 @@ pair, so a data set is identical whatever the number of workers.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import generate_uid
 
 from avn_node import __version__
 from avn_node.ground_truth import FicatStage, GroundTruth, HeadTruth, RadiographTruth, Side, View
@@ -24,6 +24,8 @@ from avn_node.phantom.lesions import PAPER_STAGE_MIX, HeadLesion, patient_avn_pr
 from avn_node.phantom.projection import Canvas
 
 GENERATOR_NAME = "avn-node phantom"
+UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:avn-node:phantom")
+"""Phantom UIDs are 2.25 UUIDs (PS3.5 B.2) named by seed, patient and object: reproducible, never reused."""
 
 DEFAULT_SYNTAX_MIX = {"explicit": 0.4, "j2k": 0.15, "jpegls": 0.15, "jpeg-lossless": 0.15, "rle": 0.15}
 STUDY_SHAPES = ("ap+fl", "ap|fl", "ap", "fl")
@@ -115,7 +117,8 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
     rng = np.random.default_rng([options.seed, index])
 
     def uid(*parts: object) -> str:
-        return generate_uid(entropy_srcs=[GENERATOR_NAME, str(options.seed), str(index), *map(str, parts)])
+        name = "/".join(map(str, (options.seed, index, *parts)))
+        return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
     patient = Patient.sample(rng)
     stages = sample_stages(rng, options.stage_mix, options.bilateral_rate)
@@ -194,9 +197,12 @@ def loose_square(outline: tuple[float, float, float, float], cols: int, rows: in
     return (max(cx - half, 0.0), max(cy - half, 0.0), min(cx + half, float(cols)), min(cy + half, float(rows)))
 
 
-def render_radiograph(plan: PatientPlan, item: PlannedRadiograph, noise: bool = True,
+def render_radiograph(plan: PatientPlan, item: PlannedRadiograph, noise: bool = True, realisation: int = 0,
                       lesions: dict[Side, HeadLesion] | None = None) -> tuple[Radiograph, dict[Side, tuple[float, ...]]]:
-    """Pixels of one planned radiograph and the outline box of each head it shows."""
+    """Pixels of one planned radiograph and the outline box of each head it shows.
+
+    ``lesions`` replaces the plan's lesions (the same anatomy and exposure with other findings).
+    """
     acq = item.acquisition
     canvas = Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored)
     maps = render(canvas, plan.patient, item.pose, lesions or plan.lesions)
@@ -207,7 +213,7 @@ def render_radiograph(plan: PatientPlan, item: PlannedRadiograph, noise: bool = 
             raise AssertionError(f"head {side} of {item.relpath} is {box!r}")
         if isinstance(box, tuple):
             outlines[side] = box
-    return expose(maps, acq, noise=noise), outlines
+    return expose(maps, acq, noise=noise, realisation=realisation), outlines
 
 
 def generate_patient(args: tuple[PhantomOptions, int, Path]) -> list[RadiographTruth]:

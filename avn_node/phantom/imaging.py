@@ -185,11 +185,27 @@ def _marker_mask(acq: Acquisition) -> Array:
     return mask
 
 
-def expose(maps: PathMaps, acq: Acquisition, noise: bool = True) -> Radiograph:
-    """Form the stored image of ``maps`` under ``acq``; ``noise=False`` gives the noise-free expectation."""
+def _near_hips(maps: PathMaps, acq: Acquisition, step: int) -> Array:
+    """Mask (subsampled by ``step``) of the pixels within two head diameters of a femoral head."""
+    mask = np.zeros(((acq.rows + step - 1) // step, (acq.cols + step - 1) // step), bool)
+    for box in maps.head_outlines.values():
+        if isinstance(box, tuple):
+            x0, y0, x1, y1 = box
+            cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 1.25
+            mask[max(int((cy - half) / step), 0):int((cy + half) / step) + 1,
+                 max(int((cx - half) / step), 0):int((cx + half) / step) + 1] = True
+    return mask
+
+
+def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: int = 0) -> Radiograph:
+    """Form the stored image of ``maps`` under ``acq``.
+
+    ``noise=False`` gives the noise-free expectation; ``realisation`` picks another draw of the quantum
+    noise with everything else unchanged.
+    """
     rng = np.random.default_rng(acq.seed)
     tex = _texture((acq.rows, acq.cols), rng)
-    noise_rng = np.random.default_rng([acq.seed, 1]) if noise else None
+    noise_rng = np.random.default_rng([acq.seed, 1, realisation]) if noise else None
     bone = 1.0 / acq.kv_scale  # harder beams lower bone contrast more than soft-tissue attenuation
     soft = np.maximum(maps.soft - maps.cortical - maps.cancellous, 0.0)
     line = soft * np.float32(MU_SOFT * acq.kv_scale ** -0.5)
@@ -217,9 +233,11 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True) -> Radiograph:
     detected = gaussian_filter(detected, acq.blur_px, truncate=3.0)
     q = np.float32(np.log(n0)) - np.log(np.maximum(detected, np.float32(1.0)))
     base = _lowres(q, step, acq.processing_sigma_mm / acq.spacing_mm)
-    q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (base - base.mean())
-
-    field = q[::step, ::step][inside[::step, ::step] > 0.5]
+    # the modality's automatic levels look at the anatomy away from the hips, so no lesion moves them
+    levels = (inside[::step, ::step] > 0.5) & ~_near_hips(maps, acq, step)
+    q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (
+        base - base[::step, ::step][levels].mean())
+    field = q[::step, ::step][levels]
     lo, hi = np.percentile(field, [0.5, 99.8])
     span = acq.max_value * rng.uniform(0.6, 0.92)
     offset = acq.max_value * rng.uniform(0.02, 0.06)
@@ -229,7 +247,7 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True) -> Radiograph:
         stored = (acq.max_value - stored).astype(np.uint16)
 
     slope, intercept = acq.rescale
-    body = stored[::step, ::step][inside[::step, ::step] > 0.5].astype(np.float64) * slope + intercept
+    body = stored[::step, ::step][levels].astype(np.float64) * slope + intercept
     p2, p98 = np.percentile(body, [2, 98])
     window = (float(round((p2 + p98) / 2, 1)), float(round(max((p98 - p2) * acq.window_scale, 2.0), 1)))
     lut = None
