@@ -182,8 +182,8 @@ def _sacrum(canvas: Canvas, patient: Patient, pose: Pose, maps: PathMaps) -> Non
     k = patient.hip_distance / 176.0
     ty = patient.pelvic_height
     bone = Bone(canvas)
-    bone.add(Ellipsoid((pose.symphysis_shift * 0.3, -95 * ty * k), 47 * k, 46 * ty * k, 20 * k), 1.4)
-    bone.add(Capsule((0.0, -65 * ty * k), (pose.symphysis_shift * 0.1, -22 * ty * k), 22 * k, 8 * k, 0.8), 1.3)
+    bone.add(Ellipsoid((pose.symphysis_shift * 0.3, -100 * ty * k), 40 * k, 44 * ty * k, 15 * k), 1.4)
+    bone.add(Capsule((0.0, -70 * ty * k), (pose.symphysis_shift * 0.1, -25 * ty * k), 20 * k, 7 * k, 0.7), 1.3)
     bone.add(Ellipsoid((0.0, -165 * ty * k), 26 * k, 15 * k, 22 * k), 1.5)
     bone.render(maps.cortical, maps.cancellous)
     for i in range(4):
@@ -211,11 +211,11 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
 
     # hemipelvis, then the socket carved out of it
     pelvis = Bone(canvas)
-    pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.25 * r), (up, 0.55 * r * ty)), 1.45 * r, 1.55 * r, 1.25 * r), 1.5)
-    wing_base = (sgn * (patient.hip_distance / 2 - 12 * k), -70 * ty * k)
-    pelvis.add(Capsule(_add(acetabulum, (med, 0.1 * r), (up, 1.0 * r)), wing_base, 0.9 * r, 0.8 * r, 0.6), 1.5)
-    pelvis.add(Ellipsoid((sgn * (patient.hip_distance / 2 + 2 * k), -108 * ty * k), 68 * k, 52 * ty * k, 6.5,
-                         sgn * -15), 1.4)
+    pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.3 * r), (up, 0.75 * r * ty)), 1.35 * r, 1.3 * r, 0.95 * r), 1.5)
+    pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.35 * r), (up, 2.0 * r * ty)), 1.25 * r, 1.7 * r * ty, 0.55 * r,
+                         sgn * 20), 1.5)
+    pelvis.add(Ellipsoid((sgn * (patient.hip_distance / 2 + 4 * k), -100 * ty * k), 70 * k, 58 * ty * k, 7.5,
+                         sgn * -18), 1.8)
     pelvis.add(Capsule(_add(acetabulum, (med, 0.85 * r), (up, -0.3 * r * ty)), symphysis, 0.42 * r, 0.34 * r), 1.6)
     pelvis.add(Ellipsoid(_add(symphysis, (up, -12 * ty * k)), 11 * k, 20 * ty * k, 13 * k), 1.5)
     pelvis.add(Capsule(_add(symphysis, (up, -26 * ty * k)), tuberosity, 0.3 * r, 0.3 * r), 1.6)
@@ -229,8 +229,9 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
         np.maximum(carved - cup.path(w.x, w.y), 0.0, out=carved)
     rim = 1.6 + fx.socket_cortex_extra_mm
     roof = HeadFrame(acetabulum, socket, dome)
-    accumulate(canvas, maps.cortical, _Sector(cup.shrunk(-rim), roof, math.radians(95)), 1.0)
-    accumulate(canvas, maps.cortical, _Sector(cup, roof, math.radians(95)), -1.0)
+    # the roof (sourcil): only rays grazing the socket's shell cross enough bone to show
+    accumulate(canvas, maps.cortical, _Sector(cup.shrunk(-rim), roof, math.radians(80), socket - 0.5), 1.0)
+    accumulate(canvas, maps.cortical, _Sector(cup, roof, math.radians(80), socket - 0.5), -1.0)
     for osteophyte in fx.osteophytes:
         accumulate(canvas, maps.cortical, osteophyte, 1.0)
     # pelvic brim (iliopectineal line) and teardrop: thin cortical lines

@@ -121,7 +121,7 @@ class Acquisition:
             marker_at=(rng.uniform(0.04, 0.12), rng.uniform(0.06, 0.3)),
             rescale=rescale,
             voi=voi,
-            window_scale=rng.uniform(0.85, 1.25),
+            window_scale=rng.uniform(1.2, 1.5),
             seed=int(rng.integers(2**31)),
         )
 
@@ -248,8 +248,10 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
 
     slope, intercept = acq.rescale
     body = stored[::step, ::step][levels].astype(np.float64) * slope + intercept
-    p2, p98 = np.percentile(body, [2, 98])
-    window = (float(round((p2 + p98) / 2, 1)), float(round(max((p98 - p2) * acq.window_scale, 2.0), 1)))
+    p_lo, p_hi = np.percentile(body, [1, 99.9])
+    width = max((p_hi - p_lo) * acq.window_scale, 2.0)  # wide enough that bone keeps its texture
+    centre = p_hi - 0.55 * width if acq.photometric == "MONOCHROME1" else p_lo + 0.55 * width  # bone side
+    window = (float(round(centre, 1)), float(round(width, 1)))
     lut = None
     if acq.voi != "window":
         a, b = (int(x) for x in np.percentile(body, [0.2, 99.8]))

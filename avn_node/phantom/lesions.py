@@ -191,7 +191,7 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
             fx.head_cut = (nx, ny, r - flat)
             # trabeculae compacted under the collapsed segment
             c = (head.center[0] + nx * (r - flat - 2.0), head.center[1] + ny * (r - flat - 2.0))
-            fx.density.append((Ellipsoid(c, r * 0.55, 2.5, r * 0.5, math.degrees(math.atan2(ny, nx)) + 90), _ramp(s, 0.2, 0.8)))
+            fx.density.append((Ellipsoid(c, r * 0.5, 1.5, r * 0.45, math.degrees(math.atan2(ny, nx)) + 90), _ramp(s, 0.2, 0.6)))
         elif note is Note.HEAD_DEFORMATION:
             eps = _ramp(s, 0.035, 0.12)
             p2, p3, w2 = g.uniform(0, 2 * math.pi), g.uniform(0, 2 * math.pi), g.uniform(0.3, 0.7)
@@ -219,22 +219,23 @@ def _harmonics(eps: float, w2: float, p2: float, p3: float) -> Callable[[Array],
 
 @dataclass(frozen=True)
 class _Sector(Solid):
-    """A solid restricted to the directions within ``half`` radians of the head's dome."""
+    """A solid restricted to the directions within ``half`` radians of the dome, beyond ``min_radius`` mm."""
 
     solid: Ellipsoid
     head: HeadFrame
     half: float
+    min_radius: float = 0.0
 
     def bbox(self) -> tuple[Point, Point]:
         return self.solid.bbox()
 
     def path(self, x: Array, y: Array) -> Array:
         dx, dy = x - np.float32(self.head.center[0]), y - np.float32(self.head.center[1])
-        cosang = (dx * np.float32(self.head.dome[0]) + dy * np.float32(self.head.dome[1])) / (
-            np.sqrt(dx * dx + dy * dy) + np.float32(1e-6)
-        )
-        return self.solid.path(x, y) * (cosang > np.float32(math.cos(self.half)))
+        dist = np.sqrt(dx * dx + dy * dy)
+        cosang = (dx * np.float32(self.head.dome[0]) + dy * np.float32(self.head.dome[1])) / (dist + np.float32(1e-6))
+        keep = (cosang > np.float32(math.cos(self.half))) & (dist >= np.float32(self.min_radius))
+        return self.solid.path(x, y) * keep
 
     def shrunk(self, k: float) -> _Sector:
-        return _Sector(self.solid.shrunk(k), self.head, self.half)
+        return _Sector(self.solid.shrunk(k), self.head, self.half, self.min_radius)
 
