@@ -170,7 +170,7 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
                 fx.density.append((outer, dmu))
                 fx.density.append((outer.shrunk(r * g.uniform(0.1, 0.18)), -dmu))
         elif note is Note.CYSTS:
-            fill = -_ramp(s, 0.35, 1.0)
+            fill = -_ramp(s, 0.2, 1.0)
             for _ in range(int(g.integers(1, 5))):
                 c = head.at(g.uniform(-0.2, 0.6), g.uniform(-0.5, 0.5))
                 a = r * g.uniform(0.08, 0.2)
@@ -181,8 +181,8 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
             width = _ramp(s, 0.5, 1.8)
             shell = Ellipsoid(head.center, r - depth, r - depth, r - depth)
             half = math.radians(g.uniform(30, 60))
-            fx.density.append((_Sector(shell, head, half), -_ramp(s, 0.5, 1.0)))
-            fx.density.append((_Sector(shell.shrunk(width), head, half), _ramp(s, 0.5, 1.0)))
+            fx.density.append((_Sector(shell, head, half), -_ramp(s, 0.3, 1.0)))
+            fx.density.append((_Sector(shell.shrunk(width), head, half), _ramp(s, 0.3, 1.0)))
         elif note is Note.SUBCHONDRAL_COLLAPSE:
             flat = _ramp(s, 0.8, 5.5)
             tilt = math.radians(g.uniform(-20, 20))
