@@ -24,7 +24,10 @@ ABBREVIATIONS = {
 def display_image(path: Path) -> np.ndarray:
     """The radiograph as a viewer shows it: modality LUT, VOI (window or LUT), MONOCHROME1 inverted; 0–1."""
     ds = pydicom.dcmread(path)
-    arr = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float32)
+    arr = ds.pixel_array
+    if (float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))) != (1.0, 0.0):
+        arr = apply_modality_lut(arr, ds)
+    arr = apply_voi_lut(arr, ds).astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     out = (arr - lo) / max(hi - lo, 1e-6)
     return 1.0 - out if ds.PhotometricInterpretation == "MONOCHROME1" else out
