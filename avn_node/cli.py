@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="avn-node: AVN of the femoral head on hip radiographs. Not for clinical use.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="avn-node: AVN of the femoral head on hip radiographs. Not for clinical use.",
+)
 
 EXIT_WORK_FAILED = 1
 EXIT_USAGE = 2
@@ -24,8 +28,9 @@ def _parse_mix(text: str, option: str) -> dict[str, float]:
                 raise ValueError
             mix[key.strip()] = float(value)
         except ValueError:
-            raise typer.BadParameter(f'expected NAME=WEIGHT pairs separated by commas, got "{part}"',
-                                     param_hint=option) from None
+            raise typer.BadParameter(
+                f'expected NAME=WEIGHT pairs separated by commas, got "{part}"', param_hint=option
+            ) from None
     return mix
 
 
@@ -40,19 +45,29 @@ def phantom(
     studies: Annotated[int, typer.Option(help="Number of patients (each gets one or two studies).")],
     seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same files.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes (default: all cores).")] = 0,
-    stage_mix: Annotated[str, typer.Option(help="Head stage weights, e.g. absence=1025,II=810,III=1271,IV=1983 (paper).")] = "",
+    stage_mix: Annotated[
+        str, typer.Option(help="Head stage weights, e.g. absence=1025,II=810,III=1271,IV=1983 (paper).")
+    ] = "",
     bilateral_rate: Annotated[float, typer.Option(help="Share of AVN patients with both hips affected.")] = 0.6,
-    syntax_mix: Annotated[str, typer.Option(help="Transfer syntax weights: explicit, j2k, jpegls, jpeg-lossless, rle.")] = "",
-    shape_mix: Annotated[str, typer.Option(help="Study shape weights: ap+fl (one study), ap|fl (two studies), ap, fl.")] = "",
+    syntax_mix: Annotated[
+        str, typer.Option(help="Transfer syntax weights: explicit, j2k, jpegls, jpeg-lossless, rle.")
+    ] = "",
+    shape_mix: Annotated[
+        str, typer.Option(help="Study shape weights: ap+fl (one study), ap|fl (two studies), ap, fl.")
+    ] = "",
     fl_unilateral_rate: Annotated[float, typer.Option(help="Share of frog-leg laterals showing one hip.")] = 0.4,
-    size_range: Annotated[tuple[int, int], typer.Option(help="Detector size range in pixels (pixel spacing adapts).")] = (1500, 3000),
-    preview: Annotated[bool, typer.Option(help="Also write preview.png: an AP and an FL per stage, boxes and labels.")] = False,
+    size_range: Annotated[
+        tuple[int, int], typer.Option(help="Detector size range in pixels (pixel spacing adapts).")
+    ] = (1500, 3000),
+    preview: Annotated[
+        bool, typer.Option(help="Also write preview.png: an AP and an FL per stage, boxes and labels.")
+    ] = False,
 ) -> None:
     """Synthetic AP pelvis and frog-leg lateral hip studies as DICOM, with ground_truth.json (DESIGN §5)."""
     from rich.progress import Progress
 
     from avn_node.ground_truth import FicatStage
-    from avn_node.phantom.generate import PhantomOptions, PhantomOptionError, generate
+    from avn_node.phantom.generate import PhantomOptionError, PhantomOptions, generate
     from avn_node.phantom.lesions import StageMixError
 
     kwargs: dict[str, object] = {}
@@ -67,8 +82,14 @@ def phantom(
     if shape_mix:
         kwargs["shape_mix"] = _parse_mix(shape_mix, "--shape-mix")
     try:
-        options = PhantomOptions(studies=studies, seed=seed, bilateral_rate=bilateral_rate,
-                                 fl_unilateral_rate=fl_unilateral_rate, size_range=size_range, **kwargs)  # type: ignore[arg-type]
+        options = PhantomOptions(
+            studies=studies,
+            seed=seed,
+            bilateral_rate=bilateral_rate,
+            fl_unilateral_rate=fl_unilateral_rate,
+            size_range=size_range,
+            **kwargs,
+        )  # type: ignore[arg-type]
     except (PhantomOptionError, StageMixError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

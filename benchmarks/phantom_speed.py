@@ -60,8 +60,12 @@ def stages(samples: int) -> dict[str, dict[str, float]]:
         item = plan.radiographs[0]
         acq = item.acquisition
         t0 = time.perf_counter()
-        maps = render(Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored),
-                      plan.patient, item.pose, plan.lesions)
+        maps = render(
+            Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored),
+            plan.patient,
+            item.pose,
+            plan.lesions,
+        )
         t1 = time.perf_counter()
         radiograph = expose(maps, acq)
         t2 = time.perf_counter()
@@ -108,7 +112,9 @@ def write_markdown(section: dict) -> Path:
         f"({m['radiographs_per_s'] / AIM_RADIOGRAPHS_PER_S:.1f}× the aim) |",
     ]
     for name, s in m["stage_seconds"].items():
-        lines.append(f"| s per radiograph: {name.replace('_', ' ')} (1 process) | {s['min']:.3f} | {s['median']:.3f} | |")
+        lines.append(
+            f"| s per radiograph: {name.replace('_', ' ')} (1 process) | {s['min']:.3f} | {s['median']:.3f} | |"
+        )
     lines.append("")
     out = ROOT / "RESULTS.md"
     out.write_text("\n".join(lines))

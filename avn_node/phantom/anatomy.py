@@ -7,6 +7,7 @@ one person; a :class:`Pose` what changes between an AP pelvis and a frog-leg lat
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from avn_node.ground_truth import Side, View
-from avn_node.phantom.lesions import HeadFrame, HeadLesion, LesionEffects, _Sector, effects
+from avn_node.phantom.lesions import DomeSector, HeadFrame, HeadLesion, LesionEffects, effects
 from avn_node.phantom.projection import Array, Bone, Canvas, Capsule, Ellipsoid, Point, accumulate
 
 SIDE_SIGN = {Side.R: -1.0, Side.L: 1.0}
@@ -47,7 +48,9 @@ class Patient:
         radius = (24.0 if sex == "M" else 21.5) * scale * rng.uniform(0.95, 1.05)
         fat = rng.uniform(0.0, 1.0)
         islands = {
-            s: ((rng.uniform(-0.3, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(1.5, 3.5)) if rng.random() < 0.06 else None)
+            s: (
+                (rng.uniform(-0.3, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(1.5, 3.5)) if rng.random() < 0.06 else None
+            )
             for s in (Side.L, Side.R)
         }
         return cls(
@@ -155,15 +158,25 @@ def _soft_tissue(canvas: Canvas, patient: Patient, pose: Pose, step: int) -> Arr
     t = np.zeros(w.x.shape, np.float32)
     depth = patient.trunk_half_depth / patient.trunk_half_width
     perineum = 3.2 * patient.head_radius * patient.pelvic_height
-    trunk = Capsule((0.0, -2000.0), (0.0, perineum - patient.trunk_half_width * 0.35), patient.trunk_half_width,
-                    patient.trunk_half_width, depth)
+    trunk = Capsule(
+        (0.0, -2000.0),
+        (0.0, perineum - patient.trunk_half_width * 0.35),
+        patient.trunk_half_width,
+        patient.trunk_half_width,
+        depth,
+    )
     np.maximum(t, trunk.path(w.x, w.y), out=t)
     for side in (Side.R, Side.L):
         sgn = SIDE_SIGN[side]
         d = _shaft_direction(pose, sgn)
         start = (sgn * patient.hip_distance * 0.45, -30.0)
-        thigh = Capsule(start, _add(start, (d, 2000.0)), patient.thigh_radius, patient.thigh_radius * 0.9,
-                        patient.trunk_half_depth / patient.thigh_radius * 0.8)
+        thigh = Capsule(
+            start,
+            _add(start, (d, 2000.0)),
+            patient.thigh_radius,
+            patient.thigh_radius * 0.9,
+            patient.trunk_half_depth / patient.thigh_radius * 0.8,
+        )
         np.maximum(t, thigh.path(w.x, w.y), out=t)
     full = Image.fromarray(t, mode="F").resize((canvas.cols, canvas.rows), Image.Resampling.BILINEAR)
     return np.asarray(full, dtype=np.float32)
@@ -212,10 +225,13 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     # hemipelvis, then the socket carved out of it
     pelvis = Bone(canvas)
     pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.3 * r), (up, 0.75 * r * ty)), 1.35 * r, 1.3 * r, 0.95 * r), 1.5)
-    pelvis.add(Ellipsoid(_add(acetabulum, (med, 0.35 * r), (up, 2.0 * r * ty)), 1.25 * r, 1.7 * r * ty, 0.55 * r,
-                         sgn * 20), 1.5)
-    pelvis.add(Ellipsoid((sgn * (patient.hip_distance / 2 + 4 * k), -100 * ty * k), 70 * k, 58 * ty * k, 7.5,
-                         sgn * -18), 1.8)
+    pelvis.add(
+        Ellipsoid(_add(acetabulum, (med, 0.35 * r), (up, 2.0 * r * ty)), 1.25 * r, 1.7 * r * ty, 0.55 * r, sgn * 20),
+        1.5,
+    )
+    pelvis.add(
+        Ellipsoid((sgn * (patient.hip_distance / 2 + 4 * k), -100 * ty * k), 70 * k, 58 * ty * k, 7.5, sgn * -18), 1.8
+    )
     pelvis.add(Capsule(_add(acetabulum, (med, 0.85 * r), (up, -0.3 * r * ty)), symphysis, 0.42 * r, 0.34 * r), 1.6)
     pelvis.add(Ellipsoid(_add(symphysis, (up, -12 * ty * k)), 11 * k, 20 * ty * k, 13 * k), 1.5)
     pelvis.add(Capsule(_add(symphysis, (up, -26 * ty * k)), tuberosity, 0.3 * r, 0.3 * r), 1.6)
@@ -230,17 +246,30 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     rim = 1.6 + fx.socket_cortex_extra_mm
     roof = HeadFrame(acetabulum, socket, dome)
     # the roof (sourcil): only rays grazing the socket's shell cross enough bone to show
-    accumulate(canvas, maps.cortical, _Sector(cup.shrunk(-rim), roof, math.radians(80), socket - 0.5), 1.0)
-    accumulate(canvas, maps.cortical, _Sector(cup, roof, math.radians(80), socket - 0.5), -1.0)
+    accumulate(canvas, maps.cortical, DomeSector(cup.shrunk(-rim), roof, math.radians(80), socket - 0.5), 1.0)
+    accumulate(canvas, maps.cortical, DomeSector(cup, roof, math.radians(80), socket - 0.5), -1.0)
     for osteophyte in fx.osteophytes:
         accumulate(canvas, maps.cortical, osteophyte, 1.0)
     # pelvic brim (iliopectineal line) and teardrop: thin cortical lines
-    brim = [(sgn * 40 * k, -80 * ty * k), _add(acetabulum, (med, 1.0 * r), (up, 1.5 * r * ty)),
-            _add(acetabulum, (med, 1.2 * r), (up, 0.2 * r)), _add(symphysis, (up, 4.0))]
-    for p0, p1 in zip(brim, brim[1:]):
+    brim = [
+        (sgn * 40 * k, -80 * ty * k),
+        _add(acetabulum, (med, 1.0 * r), (up, 1.5 * r * ty)),
+        _add(acetabulum, (med, 1.2 * r), (up, 0.2 * r)),
+        _add(symphysis, (up, 4.0)),
+    ]
+    for p0, p1 in itertools.pairwise(brim):
         accumulate(canvas, maps.cortical, Capsule(p0, p1, 2.2, 2.2, 1.6))
-    accumulate(canvas, maps.cortical, Capsule(_add(acetabulum, (med, 1.15 * r), (up, 0.2 * r)),
-                                              _add(acetabulum, (med, 1.05 * r), (up, -0.55 * r)), 1.6, 1.6, 2.0))
+    accumulate(
+        canvas,
+        maps.cortical,
+        Capsule(
+            _add(acetabulum, (med, 1.15 * r), (up, 0.2 * r)),
+            _add(acetabulum, (med, 1.05 * r), (up, -0.55 * r)),
+            1.6,
+            1.6,
+            2.0,
+        ),
+    )
 
     # proximal femur
     shaft = _shaft_direction(pose, sgn)
@@ -250,10 +279,21 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     head_solid = Ellipsoid(head_center, r, r, r, modulation=fx.head_modulation, cut=fx.head_cut)
     femur.add(head_solid, 1.0)
     femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
-    femur.add(Capsule(_add(junction, (shaft, -0.3 * r)), _add(junction, (shaft, 600.0)), patient.shaft_radius,
-                      patient.shaft_radius), patient.shaft_cortex)
-    femur.add(Capsule(_add(junction, (shaft, -0.4 * r), (lat, 0.3 * r)), _add(junction, (shaft, 1.2 * r)),
-                      0.95 * r, 0.72 * r, 0.9), 1.3)
+    femur.add(
+        Capsule(
+            _add(junction, (shaft, -0.3 * r)),
+            _add(junction, (shaft, 600.0)),
+            patient.shaft_radius,
+            patient.shaft_radius,
+        ),
+        patient.shaft_cortex,
+    )
+    femur.add(
+        Capsule(
+            _add(junction, (shaft, -0.4 * r), (lat, 0.3 * r)), _add(junction, (shaft, 1.2 * r)), 0.95 * r, 0.72 * r, 0.9
+        ),
+        1.3,
+    )
     angle = math.degrees(math.atan2(shaft[1], shaft[0]))
     greater = (0.3 if pose.view is View.FL else 0.7) * r
     femur.add(Ellipsoid(_add(junction, (lat, greater), (shaft, -0.55 * r)), 0.7 * r, 1.0 * r, 0.85 * r, angle), 1.2)
@@ -262,8 +302,12 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     femur.render(maps.cortical, maps.cancellous)
 
     # normal trabecular architecture (every head), then the lesion
-    accumulate(canvas, maps.extra, Capsule(head.at(0.55, 0.1), _add(junction, (med, 0.45 * r), (shaft, 0.6 * r)),
-                                           0.2 * r, 0.28 * r, 0.9), 0.22)
+    accumulate(
+        canvas,
+        maps.extra,
+        Capsule(head.at(0.55, 0.1), _add(junction, (med, 0.45 * r), (shaft, 0.6 * r)), 0.2 * r, 0.28 * r, 0.9),
+        0.22,
+    )
     accumulate(canvas, maps.extra, Ellipsoid(_add(junction, (shaft, 0.1 * r)), 0.3 * r, 0.22 * r, 0.5 * r, angle), -0.3)
     island = patient.bone_island[side]
     if island is not None:

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     UID,
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -25,12 +26,11 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
-    PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
 )
 
 from avn_node import __version__
-from avn_node.ground_truth import Side, View
+from avn_node.ground_truth import View
 from avn_node.phantom.imaging import Acquisition, Radiograph
 
 TRANSFER_SYNTAXES: dict[str, UID] = {

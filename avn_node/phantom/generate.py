@@ -33,11 +33,22 @@ STUDY_SHAPES = ("ap+fl", "ap|fl", "ap", "fl")
 DEFAULT_SHAPE_MIX = {"ap+fl": 0.45, "ap|fl": 0.25, "ap": 0.15, "fl": 0.15}
 
 NAMES: list[tuple[str, str | None]] = [
-    ("Smith^John", None), ("Brown^Mary", None), ("Garcia^Luis", None), ("Nguyen^Anh", None),
-    ("Kowalski^Piotr", None), ("Okafor^Chinedu", None), ("Hansen^Ingrid", None), ("Rossi^Marco", None),
-    ("Dupré^Zoë", "ISO_IR 100"), ("Müller^Jürgen", "ISO_IR 100"), ("Ångström^Åsa", "ISO_IR 100"),
-    ("Núñez^José", "ISO_IR 100"), ("Weiß^Björn", "ISO_IR 192"), ("Παπαδόπουλος^Νίκος", "ISO_IR 192"),
-    ("山田^太郎", "ISO_IR 192"), ("Иванова^Ольга", "ISO_IR 192"),
+    ("Smith^John", None),
+    ("Brown^Mary", None),
+    ("Garcia^Luis", None),
+    ("Nguyen^Anh", None),
+    ("Kowalski^Piotr", None),
+    ("Okafor^Chinedu", None),
+    ("Hansen^Ingrid", None),
+    ("Rossi^Marco", None),
+    ("Dupré^Zoë", "ISO_IR 100"),
+    ("Müller^Jürgen", "ISO_IR 100"),
+    ("Ångström^Åsa", "ISO_IR 100"),
+    ("Núñez^José", "ISO_IR 100"),
+    ("Weiß^Björn", "ISO_IR 192"),
+    ("Παπαδόπουλος^Νίκος", "ISO_IR 192"),
+    ("山田^太郎", "ISO_IR 192"),
+    ("Иванова^Ольга", "ISO_IR 192"),
 ]
 
 
@@ -63,8 +74,9 @@ class PhantomOptions:
             raise PhantomOptionError(f'Option "--studies" must be at least 1, got {self.studies}.')
         unknown = set(self.syntax_mix) - set(TRANSFER_SYNTAXES)
         if unknown:
-            raise PhantomOptionError(f'Option "--syntax-mix" has unknown syntaxes {sorted(unknown)}; '
-                                     f"known: {sorted(TRANSFER_SYNTAXES)}.")
+            raise PhantomOptionError(
+                f'Option "--syntax-mix" has unknown syntaxes {sorted(unknown)}; known: {sorted(TRANSFER_SYNTAXES)}.'
+            )
         if set(self.shape_mix) - set(STUDY_SHAPES):
             raise PhantomOptionError(f'Option "--shape-mix" knows only {list(STUDY_SHAPES)}.')
         lo, hi = self.size_range
@@ -127,16 +139,26 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
     views = {"ap+fl": [View.AP, View.FL], "ap|fl": [View.AP, View.FL], "ap": [View.AP], "fl": [View.FL]}[shape]
     pid = f"P{index + 1:04d}"
     name, charset = NAMES[int(rng.integers(len(NAMES)))]
-    day = dt.datetime(2020, 1, 1, 7, 0) + dt.timedelta(days=int(rng.integers(0, 6 * 365)),
-                                                       minutes=int(rng.integers(0, 11 * 60)))
+    day = dt.datetime(2020, 1, 1, 7, 0) + dt.timedelta(
+        days=int(rng.integers(0, 6 * 365)), minutes=int(rng.integers(0, 11 * 60))
+    )
     birth = day.year - patient.age_years
     studies: list[StudyInfo] = []
     for k in range(2 if shape == "ap|fl" else 1):
-        studies.append(StudyInfo(
-            patient_name=name, patient_id=pid, birth_date=f"{birth:04d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
-            sex=patient.sex, age_years=patient.age_years, charset=charset, study_uid=uid("study", k),
-            study_date=day + dt.timedelta(minutes=40 * k), accession=f"A{options.seed % 1000:03d}{index:06d}{k}",
-            study_id=str(k + 1)))
+        studies.append(
+            StudyInfo(
+                patient_name=name,
+                patient_id=pid,
+                birth_date=f"{birth:04d}{int(rng.integers(1, 13)):02d}{int(rng.integers(1, 29)):02d}",
+                sex=patient.sex,
+                age_years=patient.age_years,
+                charset=charset,
+                study_uid=uid("study", k),
+                study_date=day + dt.timedelta(minutes=40 * k),
+                accession=f"A{options.seed % 1000:03d}{index:06d}{k}",
+                study_id=str(k + 1),
+            )
+        )
     modality = {s.study_uid: ("DX" if rng.random() < 0.6 else "CR") for s in studies}
     one_series = rng.random() < 0.5
     planned = []
@@ -155,7 +177,9 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
         if mod == "CR" and rng.random() < 0.4:
             lat = ""
         image = ImageInfo(
-            sop_uid=uid("image", j), series_uid=uid("series", 0 if same_series else j), series_number=series_number,
+            sop_uid=uid("image", j),
+            series_uid=uid("series", 0 if same_series else j),
+            series_number=series_number,
             instance_number=j + 1 if same_series else 1,
             acquired=study.study_date + dt.timedelta(minutes=2 + 3 * j),
             body_part=str(rng.choice(["HIP", "PELVIS", ""], p=[0.45, 0.4, 0.15])),
@@ -168,8 +192,14 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
     return PatientPlan(patient, lesions, planned)
 
 
-def _fit_acquisition(rng: np.random.Generator, view: View, unilateral: Side | None, modality: str, patient: Patient,
-                     size_range: tuple[int, int]) -> Acquisition:
+def _fit_acquisition(
+    rng: np.random.Generator,
+    view: View,
+    unilateral: Side | None,
+    modality: str,
+    patient: Patient,
+    size_range: tuple[int, int],
+) -> Acquisition:
     """An acquisition in which the imaged heads lie wholly inside and any other head wholly outside."""
     margin = patient.head_radius + patient.joint_gap + 6.0
     for _ in range(50):
@@ -187,7 +217,7 @@ def _fit_acquisition(rng: np.random.Generator, view: View, unilateral: Side | No
                 ok = False
         if ok:
             return acq
-    raise AssertionError("no acquisition fits the heads; widen --size-range")
+    raise PhantomOptionError(f'Option "--size-range" {size_range} leaves no room for both hips; widen it.')
 
 
 def loose_square(outline: tuple[float, float, float, float], cols: int, rows: int) -> tuple[float, ...]:
@@ -197,8 +227,13 @@ def loose_square(outline: tuple[float, float, float, float], cols: int, rows: in
     return (max(cx - half, 0.0), max(cy - half, 0.0), min(cx + half, float(cols)), min(cy + half, float(rows)))
 
 
-def render_radiograph(plan: PatientPlan, item: PlannedRadiograph, noise: bool = True, realisation: int = 0,
-                      lesions: dict[Side, HeadLesion] | None = None) -> tuple[Radiograph, dict[Side, tuple[float, ...]]]:
+def render_radiograph(
+    plan: PatientPlan,
+    item: PlannedRadiograph,
+    noise: bool = True,
+    realisation: int = 0,
+    lesions: dict[Side, HeadLesion] | None = None,
+) -> tuple[Radiograph, dict[Side, tuple[float, ...]]]:
     """Pixels of one planned radiograph and the outline box of each head it shows.
 
     ``lesions`` replaces the plan's lesions (the same anatomy and exposure with other findings).
@@ -227,22 +262,32 @@ def generate_patient(args: tuple[PhantomOptions, int, Path]) -> list[RadiographT
         encode(ds, item.image.syntax, radiograph.pixels)
         write(ds, out / item.relpath)
         heads = tuple(
-            HeadTruth(side, loose_square(box, item.acquisition.cols, item.acquisition.rows),  # type: ignore[arg-type]
-                      plan.lesions[side].stage, plan.lesions[side].notes, plan.lesions[side].severity)
+            HeadTruth(
+                side,
+                loose_square(box, item.acquisition.cols, item.acquisition.rows),  # type: ignore[arg-type]
+                plan.lesions[side].stage,
+                plan.lesions[side].notes,
+                plan.lesions[side].severity,
+            )
             for side, box in sorted(outlines.items())
         )
-        truths.append(RadiographTruth(item.relpath, item.image.sop_uid, item.study.patient_id,
-                                      item.study.study_uid, item.view, heads))
+        truths.append(
+            RadiographTruth(
+                item.relpath, item.image.sop_uid, item.study.patient_id, item.study.study_uid, item.view, heads
+            )
+        )
     return truths
 
 
-def generate(options: PhantomOptions, out: Path, workers: int = 1,
-             progress: Callable[[int], None] | None = None) -> GroundTruth:
+def generate(
+    options: PhantomOptions, out: Path, workers: int = 1, progress: Callable[[int], None] | None = None
+) -> GroundTruth:
     """Write ``options.studies`` patients' studies under ``out`` and their ``ground_truth.json``."""
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(options, i, out) for i in range(options.studies)]
-    truth = GroundTruth({"name": GENERATOR_NAME, "version": __version__, "seed": options.seed,
-                         "options": options.to_json()})
+    truth = GroundTruth(
+        {"name": GENERATOR_NAME, "version": __version__, "seed": options.seed, "options": options.to_json()}
+    )
     if workers <= 1:
         results = map(generate_patient, jobs)
         pool = None
@@ -259,4 +304,3 @@ def generate(options: PhantomOptions, out: Path, workers: int = 1,
             pool.shutdown()
     truth.dump(out)
     return truth
-

@@ -172,8 +172,14 @@ def _marker_mask(acq: Acquisition) -> Array:
     glyph = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(glyph)
     font = ImageFont.load_default(size=int(size * 0.9))
-    draw.text((size * 0.12, -size * 0.05), acq.marker.value, fill=255, font=font, stroke_width=max(size // 18, 1),
-              stroke_fill=255)
+    draw.text(
+        (size * 0.12, -size * 0.05),
+        acq.marker.value,
+        fill=255,
+        font=font,
+        stroke_width=max(size // 18, 1),
+        stroke_fill=255,
+    )
     on_right = (acq.marker is Side.L) != acq.mirrored
     if acq.mirrored:
         glyph = glyph.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -181,7 +187,7 @@ def _marker_mask(acq: Acquisition) -> Array:
     fx, fy = acq.marker_at
     c0 = int((1.0 - right - fx) * acq.cols) - size if on_right else int((left + fx) * acq.cols)
     r0 = int((top + fy) * acq.rows)
-    mask[r0:r0 + size, c0:c0 + size] = np.asarray(glyph, np.float32) / 255.0
+    mask[r0 : r0 + size, c0 : c0 + size] = np.asarray(glyph, np.float32) / 255.0
     return mask
 
 
@@ -192,8 +198,10 @@ def _near_hips(maps: PathMaps, acq: Acquisition, step: int) -> Array:
         if isinstance(box, tuple):
             x0, y0, x1, y1 = box
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * 1.25
-            mask[max(int((cy - half) / step), 0):int((cy + half) / step) + 1,
-                 max(int((cx - half) / step), 0):int((cx + half) / step) + 1] = True
+            mask[
+                max(int((cy - half) / step), 0) : int((cy + half) / step) + 1,
+                max(int((cx - half) / step), 0) : int((cx + half) / step) + 1,
+            ] = True
     return mask
 
 
@@ -208,7 +216,7 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     noise_rng = np.random.default_rng([acq.seed, 1, realisation]) if noise else None
     bone = 1.0 / acq.kv_scale  # harder beams lower bone contrast more than soft-tissue attenuation
     soft = np.maximum(maps.soft - maps.cortical - maps.cancellous, 0.0)
-    line = soft * np.float32(MU_SOFT * acq.kv_scale ** -0.5)
+    line = soft * np.float32(MU_SOFT * acq.kv_scale**-0.5)
     line += maps.cortical * np.float32(MU_CORTICAL * bone)
     line += (maps.cancellous * (1.0 + 0.12 * tex) + maps.extra) * np.float32(MU_CANCELLOUS * bone)
     line += _marker_mask(acq) * np.float32(4.0)
@@ -223,7 +231,9 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     fluence = (heel_r[:, None] * heel_c[None, :]) * (0.04 + 0.96 * inside)
     # automatic exposure control: the chamber behind the hips sees ``photons`` per pixel
     r, c = acq.rows // 2, acq.cols // 2
-    chamber = float(np.median(line[r - acq.rows // 8:r + acq.rows // 8:4, c - acq.cols // 6:c + acq.cols // 6:4]))
+    chamber = float(
+        np.median(line[r - acq.rows // 8 : r + acq.rows // 8 : 4, c - acq.cols // 6 : c + acq.cols // 6 : 4])
+    )
     n0 = acq.photons * float(np.exp(chamber))
     primary = fluence * np.float32(n0) * np.exp(-line)
     step = 8
@@ -236,7 +246,8 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     # the modality's automatic levels look at the anatomy away from the hips, so no lesion moves them
     levels = (inside[::step, ::step] > 0.5) & ~_near_hips(maps, acq, step)
     q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (
-        base - base[::step, ::step][levels].mean())
+        base - base[::step, ::step][levels].mean()
+    )
     field = q[::step, ::step][levels]
     lo, hi = np.percentile(field, [0.5, 99.8])
     span = acq.max_value * rng.uniform(0.6, 0.92)

@@ -101,14 +101,19 @@ def sample_lesion(rng: np.random.Generator, stage: FicatStage) -> HeadLesion:
         notes = _pick(rng, {n.SCLEROSIS: 0.75, n.CYSTS: 0.5}, [n.SCLEROSIS, n.CYSTS])
         notes += _pick(rng, {n.CRESCENT_SIGN: 0.3}, [])
     elif stage is FicatStage.III:
-        notes = _pick(rng, {n.SUBCHONDRAL_COLLAPSE: 0.85, n.HEAD_DEFORMATION: 0.55},
-                      [n.SUBCHONDRAL_COLLAPSE, n.HEAD_DEFORMATION])
+        notes = _pick(
+            rng, {n.SUBCHONDRAL_COLLAPSE: 0.85, n.HEAD_DEFORMATION: 0.55}, [n.SUBCHONDRAL_COLLAPSE, n.HEAD_DEFORMATION]
+        )
         notes += _pick(rng, {n.CRESCENT_SIGN: 0.5, n.SCLEROSIS: 0.6, n.CYSTS: 0.35}, [])
     elif stage is FicatStage.IV:
-        notes = _pick(rng, {n.SUBCHONDRAL_COLLAPSE: 0.8, n.HEAD_DEFORMATION: 0.75},
-                      [n.SUBCHONDRAL_COLLAPSE, n.HEAD_DEFORMATION])
-        notes += _pick(rng, {n.ACETABULAR_DEFORMATION: 0.8, n.JOINT_SPACE_NARROWING: 0.8},
-                       [n.ACETABULAR_DEFORMATION, n.JOINT_SPACE_NARROWING])
+        notes = _pick(
+            rng, {n.SUBCHONDRAL_COLLAPSE: 0.8, n.HEAD_DEFORMATION: 0.75}, [n.SUBCHONDRAL_COLLAPSE, n.HEAD_DEFORMATION]
+        )
+        notes += _pick(
+            rng,
+            {n.ACETABULAR_DEFORMATION: 0.8, n.JOINT_SPACE_NARROWING: 0.8},
+            [n.ACETABULAR_DEFORMATION, n.JOINT_SPACE_NARROWING],
+        )
         notes += _pick(rng, {n.SCLEROSIS: 0.6, n.CYSTS: 0.35}, [])
     assert all(stage in NOTE_STAGES[x] for x in notes)
     severity = float(rng.beta(1.3, 1.3)) if stage is not FicatStage.ABSENCE else 0.0
@@ -128,7 +133,10 @@ class HeadFrame:
         """A point ``along_dome``·R towards the dome and ``across``·R perpendicular to it."""
         wx, wy = self.dome
         r = self.radius
-        return (self.center[0] + r * (along_dome * wx - across * wy), self.center[1] + r * (along_dome * wy + across * wx))
+        return (
+            self.center[0] + r * (along_dome * wx - across * wy),
+            self.center[1] + r * (along_dome * wy + across * wx),
+        )
 
 
 @dataclass
@@ -181,8 +189,8 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
             width = _ramp(s, 0.5, 1.8)
             shell = Ellipsoid(head.center, r - depth, r - depth, r - depth)
             half = math.radians(g.uniform(30, 60))
-            fx.density.append((_Sector(shell, head, half), -_ramp(s, 0.3, 1.0)))
-            fx.density.append((_Sector(shell.shrunk(width), head, half), _ramp(s, 0.3, 1.0)))
+            fx.density.append((DomeSector(shell, head, half), -_ramp(s, 0.3, 1.0)))
+            fx.density.append((DomeSector(shell.shrunk(width), head, half), _ramp(s, 0.3, 1.0)))
         elif note is Note.SUBCHONDRAL_COLLAPSE:
             flat = _ramp(s, 0.8, 5.5)
             tilt = math.radians(g.uniform(-20, 20))
@@ -191,7 +199,9 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
             fx.head_cut = (nx, ny, r - flat)
             # trabeculae compacted under the collapsed segment
             c = (head.center[0] + nx * (r - flat - 2.0), head.center[1] + ny * (r - flat - 2.0))
-            fx.density.append((Ellipsoid(c, r * 0.5, 1.5, r * 0.45, math.degrees(math.atan2(ny, nx)) + 90), _ramp(s, 0.2, 0.6)))
+            fx.density.append(
+                (Ellipsoid(c, r * 0.5, 1.5, r * 0.45, math.degrees(math.atan2(ny, nx)) + 90), _ramp(s, 0.2, 0.6))
+            )
         elif note is Note.HEAD_DEFORMATION:
             eps = _ramp(s, 0.035, 0.12)
             p2, p3, w2 = g.uniform(0, 2 * math.pi), g.uniform(0, 2 * math.pi), g.uniform(0.3, 0.7)
@@ -218,7 +228,7 @@ def _harmonics(eps: float, w2: float, p2: float, p3: float) -> Callable[[Array],
 
 
 @dataclass(frozen=True)
-class _Sector(Solid):
+class DomeSector(Solid):
     """A solid restricted to the directions within ``half`` radians of the dome, beyond ``min_radius`` mm."""
 
     solid: Ellipsoid
@@ -236,6 +246,5 @@ class _Sector(Solid):
         keep = (cosang > np.float32(math.cos(self.half))) & (dist >= np.float32(self.min_radius))
         return self.solid.path(x, y) * keep
 
-    def shrunk(self, k: float) -> _Sector:
-        return _Sector(self.solid.shrunk(k), self.head, self.half, self.min_radius)
-
+    def shrunk(self, k: float) -> DomeSector:
+        return DomeSector(self.solid.shrunk(k), self.head, self.half, self.min_radius)

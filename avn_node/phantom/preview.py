@@ -16,8 +16,13 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut  # noqa: E402
 from avn_node.ground_truth import FicatStage, GroundTruth, HeadTruth, RadiographTruth, View  # noqa: E402
 
 ABBREVIATIONS = {
-    "sclerosis": "scl", "cysts": "cyst", "crescent_sign": "cresc", "subchondral_collapse": "collapse",
-    "head_deformation": "deform", "acetabular_deformation": "acet", "joint_space_narrowing": "JSN",
+    "sclerosis": "scl",
+    "cysts": "cyst",
+    "crescent_sign": "cresc",
+    "subchondral_collapse": "collapse",
+    "head_deformation": "deform",
+    "acetabular_deformation": "acet",
+    "joint_space_narrowing": "JSN",
 }
 
 

@@ -11,8 +11,9 @@ SMALL = ["--size-range", "500", "600", "--workers", "1"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "avn_node", "phantom", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "avn_node", "phantom", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_phantom_writes_studies_and_ground_truth(tmp_path: Path) -> None:
@@ -31,8 +32,17 @@ def test_cli_phantom_preview_writes_a_contact_sheet_png(tmp_path: Path) -> None:
 
 
 def test_cli_phantom_stage_mix_changes_the_stages(tmp_path: Path) -> None:
-    out = _run("--out", str(tmp_path), "--studies", "3", "--stage-mix", "absence=0,II=0,III=0,IV=1", "--bilateral-rate", "1",
-               *SMALL)
+    out = _run(
+        "--out",
+        str(tmp_path),
+        "--studies",
+        "3",
+        "--stage-mix",
+        "absence=0,II=0,III=0,IV=1",
+        "--bilateral-rate",
+        "1",
+        *SMALL,
+    )
     assert out.returncode == 0, out.stderr
     truth = json.loads((tmp_path / "ground_truth.json").read_text(encoding="utf-8"))
     assert {h["stage"] for r in truth["radiographs"] for h in r["heads"]} == {"IV"}
@@ -43,7 +53,9 @@ def test_cli_phantom_syntax_mix_selects_the_transfer_syntax(tmp_path: Path) -> N
 
     out = _run("--out", str(tmp_path), "--studies", "2", "--syntax-mix", "rle=1", *SMALL)
     assert out.returncode == 0, out.stderr
-    syntaxes = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in tmp_path.rglob("*.dcm")}
+    syntaxes = {
+        pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID for f in tmp_path.rglob("*.dcm")
+    }
     assert syntaxes == {"1.2.840.10008.1.2.5"}
 
 

@@ -40,7 +40,7 @@ def test_phantom_writes_every_transfer_syntax_and_pydicom_decodes_each(phantom_s
         ds = pydicom.dcmread(f)
         arr = ds.pixel_array
         assert arr.shape == (ds.Rows, ds.Columns)
-        assert int(arr.max()) < 2 ** ds.BitsStored
+        assert int(arr.max()) < 2**ds.BitsStored
         assert arr.std() > 0
         seen.setdefault(ds.file_meta.TransferSyntaxUID, f)
     assert set(seen) == {ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless}
@@ -67,8 +67,18 @@ def test_phantom_dicom_has_patient_study_and_equipment_modules(phantom_set: Path
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.SOPClassUID in (DigitalXRayImageStorageForPresentation, ComputedRadiographyImageStorage)
         assert ds.Modality == ("DX" if ds.SOPClassUID == DigitalXRayImageStorageForPresentation else "CR")
-        for keyword in ("PatientName", "PatientID", "PatientSex", "PatientBirthDate", "StudyDate", "StudyTime",
-                        "AccessionNumber", "Manufacturer", "ImagerPixelSpacing", "PatientOrientation"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientSex",
+            "PatientBirthDate",
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "Manufacturer",
+            "ImagerPixelSpacing",
+            "PatientOrientation",
+        ):
             assert keyword in ds, keyword
         assert list(ds.PatientOrientation)[1] == "F" and list(ds.PatientOrientation)[0] in ("L", "R")
         assert "WindowCenter" in ds or "VOILUTSequence" in ds

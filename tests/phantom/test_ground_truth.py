@@ -49,7 +49,10 @@ def test_ground_truth_matches_the_dicom_headers(phantom_set: Path) -> None:
     for r in GroundTruth.load(phantom_set).radiographs:
         ds = pydicom.dcmread(phantom_set / r.file, stop_before_pixels=True)
         assert (ds.SOPInstanceUID, ds.PatientID, ds.StudyInstanceUID) == (
-            r.sop_instance_uid, r.patient_id, r.study_instance_uid)
+            r.sop_instance_uid,
+            r.patient_id,
+            r.study_instance_uid,
+        )
         assert r.file.startswith(f"{r.patient_id}/")
 
 

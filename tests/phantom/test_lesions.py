@@ -17,9 +17,13 @@ from avn_node.phantom.lesions import HeadLesion
 
 NORMAL = {Side.R: HeadLesion(FicatStage.ABSENCE, (), 0.0, 7), Side.L: HeadLesion(FicatStage.ABSENCE, (), 0.0, 8)}
 NOTE_STAGE = {
-    Note.SCLEROSIS: FicatStage.II, Note.CYSTS: FicatStage.II, Note.CRESCENT_SIGN: FicatStage.II,
-    Note.SUBCHONDRAL_COLLAPSE: FicatStage.III, Note.HEAD_DEFORMATION: FicatStage.III,
-    Note.ACETABULAR_DEFORMATION: FicatStage.IV, Note.JOINT_SPACE_NARROWING: FicatStage.IV,
+    Note.SCLEROSIS: FicatStage.II,
+    Note.CYSTS: FicatStage.II,
+    Note.CRESCENT_SIGN: FicatStage.II,
+    Note.SUBCHONDRAL_COLLAPSE: FicatStage.III,
+    Note.HEAD_DEFORMATION: FicatStage.III,
+    Note.ACETABULAR_DEFORMATION: FicatStage.IV,
+    Note.JOINT_SPACE_NARROWING: FicatStage.IV,
 }
 SEEDS = (1, 2, 3)
 
@@ -55,8 +59,13 @@ def _contrast(plan: PatientPlan, lesion: HeadLesion) -> tuple[np.ndarray, float]
 @pytest.mark.parametrize("seed", SEEDS)
 def test_phantom_stage_iv_head_differs_from_absence_by_twice_the_noise(seed: int) -> None:
     """At mid severity a stage IV head's RMS change over its whole box is ≥ 2σ (measured 5.3–12.6σ on seeds 1–3)."""
-    notes = (Note.SCLEROSIS, Note.SUBCHONDRAL_COLLAPSE, Note.HEAD_DEFORMATION, Note.ACETABULAR_DEFORMATION,
-             Note.JOINT_SPACE_NARROWING)
+    notes = (
+        Note.SCLEROSIS,
+        Note.SUBCHONDRAL_COLLAPSE,
+        Note.HEAD_DEFORMATION,
+        Note.ACETABULAR_DEFORMATION,
+        Note.JOINT_SPACE_NARROWING,
+    )
     delta, sigma = _contrast(_ap(seed), HeadLesion(FicatStage.IV, notes, 0.5, 11))
     assert np.sqrt(np.mean(delta**2)) >= 2 * sigma
 
@@ -71,7 +80,7 @@ def test_phantom_each_note_changes_the_head_region(note: Note) -> None:
 
 @pytest.mark.parametrize("note", [Note.SCLEROSIS, Note.CYSTS, Note.CRESCENT_SIGN])
 def test_phantom_faintest_pre_collapse_signs_are_comparable_to_the_noise(note: Note) -> None:
-    """At severity 0 no pixel of sclerosis, cysts or crescent changes by more than 3.5σ (measured ≤ 3.0σ; borderline cases)."""
+    """At severity 0 no pixel of sclerosis, cysts or crescent changes by > 3.5σ (measured ≤ 3.0σ): borderline cases."""
     for seed in SEEDS:
         delta, sigma = _contrast(_ap(seed), HeadLesion(NOTE_STAGE[note], (note,), 0.0, 11))
         assert np.abs(delta).max() <= 3.5 * sigma, seed
