@@ -26,6 +26,7 @@ system-deps:
 	fi
 
 test: setup
+	$(VENV)/bin/ruff check avn_node tests benchmarks
 	$(PY) -m pytest -n 2 tests
 
 bench-phantom: setup

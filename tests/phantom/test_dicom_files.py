@@ -106,3 +106,20 @@ def test_phantom_default_detector_is_1500_to_3000_pixels_at_0_1_to_0_2_mm(tmp_pa
         assert all(0.1 <= float(v) <= 0.2 for v in ds.ImagerPixelSpacing)
         assert 12 <= ds.BitsStored <= 16
         assert _dciodvfy_errors(f) == []
+
+
+DCMTK_DECODERS = {JPEGLosslessSV1: "dcmdjpeg", JPEGLSLossless: "dcmdjpls", RLELossless: "dcmdrle"}
+
+
+def test_phantom_compressed_files_decode_identically_with_dcmtk(phantom_set: Path, tmp_path: Path) -> None:
+    """dcmtk's own decoders read our JPEG Lossless, JPEG-LS and RLE files to the same pixels as pydicom."""
+    done = set()
+    for f in sorted(phantom_set.rglob("*.dcm")):
+        syntax = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        if syntax not in DCMTK_DECODERS or syntax in done:
+            continue
+        out = tmp_path / f"{len(done)}.dcm"
+        subprocess.run([require_tool(DCMTK_DECODERS[syntax]), str(f), str(out)], check=True, capture_output=True)
+        np.testing.assert_array_equal(pydicom.dcmread(out).pixel_array, pydicom.dcmread(f).pixel_array)
+        done.add(syntax)
+    assert done == set(DCMTK_DECODERS)
