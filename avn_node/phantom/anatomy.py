@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from avn_node.ground_truth import Side, View
-from avn_node.phantom.lesions import DomeSector, HeadFrame, HeadLesion, LesionEffects, effects
+from avn_node.phantom.lesions import DomeSector, HeadFrame, HeadLesion, LesionEffects, effects, joint_gap_factor
 from avn_node.phantom.projection import Array, Bone, Canvas, Capsule, Ellipsoid, Point, accumulate
 
 SIDE_SIGN = {Side.R: -1.0, Side.L: 1.0}
@@ -213,12 +213,10 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     med, lat, up = (-sgn, 0.0), (sgn, 0.0), (0.0, -1.0)
     acetabulum = (sgn * patient.hip_distance / 2, 0.0)
     dome = dome_direction(side)
-    fx: LesionEffects = effects(lesion, HeadFrame(acetabulum, r, dome))
     socket = r + patient.joint_gap
-    head_center = _add(acetabulum, (dome, patient.joint_gap * (1.0 - fx.gap_factor)))
+    head_center = _add(acetabulum, (dome, patient.joint_gap * (1.0 - joint_gap_factor(lesion))))
     head = HeadFrame(head_center, r, dome)
-    if fx.gap_factor != 1.0:  # lesion features are laid out on the displaced head
-        fx = effects(lesion, head)
+    fx: LesionEffects = effects(lesion, head)
     symphysis = (pose.symphysis_shift + sgn * 13 * k, 30 * ty * k)
     tuberosity = _add(acetabulum, (med, 0.6 * r), (up, -2.8 * r * ty))
 

@@ -145,7 +145,6 @@ class LesionEffects:
 
     head_modulation: Callable[[Array], Array] | None = None
     head_cut: tuple[float, float, float] | None = None
-    gap_factor: float = 1.0
     socket_cortex_extra_mm: float = 0.0
     socket_modulation: Callable[[Array], Array] | None = None
     osteophytes: list[Solid] = field(default_factory=list)
@@ -213,9 +212,12 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
                 c = head.at(g.uniform(0.7, 1.1), g.choice([-1.0, 1.0]) * g.uniform(0.75, 1.05))
                 a = _ramp(s, 1.5, 4.5) * g.uniform(0.7, 1.2)
                 fx.osteophytes.append(Ellipsoid(c, a, a * 0.6, a * 0.8, g.uniform(0, 180)))
-        elif note is Note.JOINT_SPACE_NARROWING:
-            fx.gap_factor = _ramp(s, 0.55, 0.12)
     return fx
+
+
+def joint_gap_factor(lesion: HeadLesion) -> float:
+    """Remaining fraction of the normal joint space (1 without joint-space narrowing)."""
+    return _ramp(lesion.severity, 0.55, 0.12) if Note.JOINT_SPACE_NARROWING in lesion.notes else 1.0
 
 
 def _harmonics(eps: float, w2: float, p2: float, p3: float) -> Callable[[Array], Array]:
