@@ -24,7 +24,6 @@ from avn_node.phantom.anatomy import render
 from avn_node.phantom.dicom import TRANSFER_SYNTAXES, build_dataset, encode
 from avn_node.phantom.generate import PhantomOptions, generate, plan_patient
 from avn_node.phantom.imaging import expose
-from avn_node.phantom.projection import Canvas
 
 ROOT = Path(__file__).resolve().parent
 SIZE = (2048, 2048)
@@ -61,7 +60,7 @@ def stages(samples: int) -> dict[str, dict[str, float]]:
         acq = item.acquisition
         t0 = time.perf_counter()
         maps = render(
-            Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored),
+            acq.canvas(),
             plan.patient,
             item.pose,
             plan.lesions,

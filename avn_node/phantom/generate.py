@@ -21,7 +21,6 @@ from avn_node.phantom.anatomy import SIDE_SIGN, Patient, Pose, render
 from avn_node.phantom.dicom import TRANSFER_SYNTAXES, ImageInfo, StudyInfo, build_dataset, encode, write
 from avn_node.phantom.imaging import Acquisition, Radiograph, expose
 from avn_node.phantom.lesions import PAPER_STAGE_MIX, HeadLesion, patient_avn_probability, sample_lesion, sample_stages
-from avn_node.phantom.projection import Canvas
 
 GENERATOR_NAME = "avn-node phantom"
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:avn-node:phantom")
@@ -204,7 +203,7 @@ def _fit_acquisition(
     margin = patient.head_radius + patient.joint_gap + 6.0
     for _ in range(50):
         acq = Acquisition.sample(rng, view, unilateral, modality, patient.hip_distance, size_range)
-        canvas = Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored)
+        canvas = acq.canvas()
         ok = True
         for side in (Side.R, Side.L):
             c = canvas.to_pixel(np.array([SIDE_SIGN[side] * patient.hip_distance / 2, 0.0]))
@@ -239,7 +238,7 @@ def render_radiograph(
     ``lesions`` replaces the plan's lesions (the same anatomy and exposure with other findings).
     """
     acq = item.acquisition
-    canvas = Canvas(acq.rows, acq.cols, acq.spacing_mm, acq.center_world, acq.rotation_deg, acq.mirrored)
+    canvas = acq.canvas()
     maps = render(canvas, plan.patient, item.pose, lesions or plan.lesions)
     outlines: dict[Side, tuple[float, ...]] = {}
     for side, box in maps.head_outlines.items():

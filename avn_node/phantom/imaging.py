@@ -16,7 +16,7 @@ from scipy.ndimage import gaussian_filter
 
 from avn_node.ground_truth import Side, View
 from avn_node.phantom.anatomy import PathMaps
-from avn_node.phantom.projection import Array, Point
+from avn_node.phantom.projection import Array, Canvas, Point
 
 MU_SOFT = 0.0205
 MU_CORTICAL = 0.11
@@ -124,6 +124,10 @@ class Acquisition:
             window_scale=rng.uniform(1.2, 1.5),
             seed=int(rng.integers(2**31)),
         )
+
+    def canvas(self) -> Canvas:
+        """The detector grid of this exposure."""
+        return Canvas(self.rows, self.cols, self.spacing_mm, self.center_world, self.rotation_deg, self.mirrored)
 
     @property
     def max_value(self) -> int:
