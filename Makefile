@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu
 
-.PHONY: setup system-deps test bench-phantom preview-readme clean
+.PHONY: setup system-deps test weights bench-phantom preview-readme clean
 
 setup: $(STAMP) system-deps
 
@@ -27,7 +27,18 @@ system-deps:
 
 test: setup
 	$(VENV)/bin/ruff check avn_node tests benchmarks
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadgroup tests
+
+# Reproduces the shipped demo weights (models/avn-demo-v1) and their evaluation; PROFILE=cpu takes about
+# an hour on 2 CPU cores (see models/avn-demo-v1/model_card.md).
+PROFILE ?= cpu
+WEIGHTS := models/avn-demo-v1
+weights: setup
+	rm -rf var/weights $(WEIGHTS)/checkpoints
+	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 400 --seed 101 --syntax-mix explicit=1 --workers 2
+	$(VENV)/bin/avn-node train --data var/weights/train --out $(WEIGHTS) --profile $(PROFILE) --seed 1 --version avn-demo-v1
+	$(VENV)/bin/avn-node phantom --out var/weights/heldout --studies 100 --seed 9001 --workers 2
+	$(VENV)/bin/avn-node evaluate --data var/weights/heldout --weights $(WEIGHTS) --out $(WEIGHTS)
 
 bench-phantom: setup
 	$(PY) benchmarks/phantom_speed.py

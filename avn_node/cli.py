@@ -102,3 +102,72 @@ def phantom(
         from avn_node.phantom.preview import contact_sheet
 
         typer.echo(f"preview: {contact_sheet(out, out / 'preview.png', truth)}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Folder with DICOM files and ground_truth.json (phantom or site data).")],
+    out: Annotated[Path, typer.Option(help="Weights folder to write (resumes from its checkpoints/).")],
+    profile: Annotated[str, typer.Option(help="Training profile: cpu, gpu or smoke.")] = "cpu",
+    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and augmentation.")] = 1,
+    version: Annotated[str, typer.Option(help="Model version string (default: the folder name).")] = "",
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    workers: Annotated[int, typer.Option(help="Processes decoding the radiographs.")] = 2,
+) -> None:
+    """Train the femoral-head detector and the AVN-net classifier (DESIGN §3)."""
+    import sys
+
+    from avn_node.ground_truth import GROUND_TRUTH_FILE
+    from avn_node.models.presets import PRESETS
+
+    if profile not in PRESETS:
+        raise typer.BadParameter(f"expected one of {', '.join(PRESETS)}, got {profile!r}", param_hint="--profile")
+    if not (data / GROUND_TRUTH_FILE).is_file():
+        raise typer.BadParameter(f"{data} has no {GROUND_TRUTH_FILE}", param_hint="--data")
+    from avn_node.models.train import train as run_training
+
+    command = "avn-node " + " ".join(sys.argv[1:])
+    meta = run_training(
+        data, out, PRESETS[profile], seed=seed, version=version, workers=workers, threads=threads, command=command
+    )
+    det = meta["history"]["detector"][-1]["val"]
+    cls = meta["history"]["classifier"][-1]["val"]
+    typer.echo(f"weights in {out}: detector validation F1 {det:.3f}, classifier validation loss {cls:.3f}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Folder with DICOM files and ground_truth.json, never used in training.")],
+    weights: Annotated[Path, typer.Option(help="Weights folder.")] = Path("models/avn-demo-v1"),
+    out: Annotated[Path | None, typer.Option(help="Write metrics.json, report.md and plots here.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the 95 % CIs.")] = 10_000,
+    tta: Annotated[bool, typer.Option(help="Average each head over the five paper scales.")] = True,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Paper-style metrics with bootstrap 95 % CIs (DESIGN §3)."""
+    import json
+
+    from avn_node.ground_truth import GROUND_TRUTH_FILE
+
+    if not (data / GROUND_TRUTH_FILE).is_file():
+        raise typer.BadParameter(f"{data} has no {GROUND_TRUTH_FILE}", param_hint="--data")
+    if bootstrap < 0:
+        raise typer.BadParameter(f"must be ≥ 0, got {bootstrap}", param_hint="--bootstrap")
+    from avn_node.models.evaluate import evaluate as run_evaluation
+    from avn_node.models.weights import WeightsError
+
+    try:
+        metrics = run_evaluation(data, weights, out, bootstrap, threads=threads, tta=tta, progress=not json_output)
+    except WeightsError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    if json_output:
+        typer.echo(json.dumps(metrics))
+        return
+    missed = [k for k, t in metrics["targets"].items() if not t["met"]]
+    typer.echo(
+        f"{metrics['n_radiographs']} radiographs, {metrics['n_heads']} heads; "
+        f"detection F1@0.5 {metrics['detection']['f1_iou50']:.3f}, presence AUC {metrics['presence']['auc']}, "
+        f"targets missed: {', '.join(missed) or 'none'}" + (f"; report in {out}" if out else "")
+    )

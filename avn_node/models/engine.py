@@ -1,0 +1,260 @@
+"""Training and validation loops of the detector and the classifier (one epoch at a time).
+
+Every epoch draws its augmentations from a generator seeded by ``(seed, epoch)``, so a resumed run
+repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.models.detection.ssd import SSD
+from torchvision.ops import box_iou, roi_align
+
+from avn_node.models.classifier import AvnClassifier, focal_loss
+from avn_node.models.dataset import CACHE_SCALE, PreparedSet
+from avn_node.models.detector import FEMORAL_HEAD_LABEL, to_detector_input
+from avn_node.models.transforms import standardise
+
+Progress = Callable[[int], None]
+BN_BATCHES = 12
+
+
+def detector_batch(
+    data: PreparedSet, indices: np.ndarray, size: int, rng: np.random.Generator | None
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Letterboxed detector inputs and targets; with ``rng``: random zoom, placement, flip and gamma."""
+    images, targets = [], []
+    for i in indices:
+        image = torch.from_numpy(data.det_images[i]).float().div_(255)
+        boxes = torch.from_numpy(data.det_boxes[i]).clone()
+        offset = (0.5, 0.5)
+        if rng is not None:
+            zoom = rng.uniform(0.7, 1.0)
+            h, w = image.shape
+            image = F.interpolate(
+                image[None, None],
+                size=(max(1, round(h * zoom)), max(1, round(w * zoom))),
+                mode="bilinear",
+                antialias=True,
+            )[0, 0]
+            boxes *= image.shape[1] / w
+            if rng.random() < 0.5:
+                image = image.flip(1)
+                boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
+            image = image.clamp_min(0).pow(float(rng.uniform(0.7, 1.4)))
+            offset = (rng.random(), rng.random())
+        h, w = image.shape
+        pad_x, pad_y = int((size - w) * offset[0]), int((size - h) * offset[1])
+        canvas = image.new_zeros((1, size, size))
+        canvas[0, pad_y : pad_y + h, pad_x : pad_x + w] = image
+        boxes[:, [0, 2]] += pad_x
+        boxes[:, [1, 3]] += pad_y
+        images.append(to_detector_input(canvas))
+        targets.append({"boxes": boxes, "labels": torch.full((len(boxes),), FEMORAL_HEAD_LABEL, dtype=torch.int64)})
+    return images, targets
+
+
+def classifier_batch(
+    data: PreparedSet,
+    indices: np.ndarray,
+    out_size: int,
+    rng: np.random.Generator | None,
+    scales: np.ndarray | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Standardised crops at ``scales`` (per index; default 0.95, the middle paper scale) and labels.
+
+    With ``rng``: centre jitter, a left–right flip that swaps the side label, and gamma.
+    """
+    cache = torch.from_numpy(data.crops[indices]).float().div_(255)[:, None]
+    c = cache.shape[-1]
+    side_px = c / CACHE_SCALE
+    rois = []
+    for k in range(len(indices)):
+        s, dx, dy = 0.95 if scales is None else float(scales[k]), 0.0, 0.0
+        if rng is not None:
+            dx, dy = rng.uniform(-0.04, 0.04, 2)
+        half = side_px * s / 2
+        cx, cy = c / 2 + dx * side_px, c / 2 + dy * side_px
+        rois.append([k, cx - half, cy - half, cx + half, cy + half])
+    crops = roi_align(cache, torch.tensor(rois, dtype=torch.float32), out_size, 1.0, 0, True)
+    side = torch.from_numpy(data.side[indices]).clone()
+    if rng is not None:
+        flip = torch.from_numpy(rng.random(len(indices)) < 0.5)
+        crops[flip] = crops[flip].flip(-1)
+        side[flip] = 1 - side[flip]
+        gamma = torch.from_numpy(rng.uniform(0.7, 1.4, len(indices))).float()
+        crops = crops.clamp_min(0).pow(gamma[:, None, None, None])
+    labels = {
+        "view": torch.from_numpy(data.view[indices]),
+        "side": side,
+        "stage": torch.from_numpy(data.stage[indices]),
+        "notes": torch.from_numpy(data.notes[indices]),
+    }
+    return standardise(crops).contiguous(memory_format=torch.channels_last), labels
+
+
+def classifier_loss(model: AvnClassifier, crops: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy for view and side, focal loss for the stage (paper), binary cross-entropy for notes."""
+    out = model(crops)
+    return (
+        F.cross_entropy(out.view, labels["view"])
+        + F.cross_entropy(out.side, labels["side"])
+        + focal_loss(out.stage, labels["stage"])
+        + F.binary_cross_entropy_with_logits(out.notes, labels["notes"])
+    )
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches; a last batch of one joins the one before (batch norm needs two samples)."""
+    order = rng.permutation(n)
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
+
+
+def train_detector_epoch(
+    model: SSD,
+    optimizer: torch.optim.Optimizer,
+    data: PreparedSet,
+    size: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    progress: Progress,
+) -> float:
+    """One epoch of SSD multibox loss; returns the mean loss."""
+    model.train()
+    losses = []
+    for idx in _batches(len(data.det_images), batch_size, rng):
+        images, targets = detector_batch(data, idx, size, rng)
+        loss_dict = model(images, targets)
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        progress(len(idx))
+    n = len(data.det_images)
+    recalibrate_batch_norm(
+        model,
+        lambda: model(detector_batch(data, rng.choice(n, min(n, batch_size), replace=False), size, rng)[0]),
+        BN_BATCHES,
+    )
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, forward: Callable[[], object], batches: int) -> None:
+    """Recompute every batch-norm layer's running statistics as the plain mean over ``batches`` calls of
+    ``forward`` with the weights frozen ("precise BN"). The exponential running averages lag behind weights
+    that change fast early in training: an SSDlite trained from scratch then detects nothing in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for _ in range(batches):
+        forward()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.inference_mode()
+def validate_detector(model: SSD, data: PreparedSet, size: int, iou: float = 0.5, score: float = 0.5) -> float:
+    """F1 of detections scoring ≥ ``score`` matched one-to-one at IoU ≥ ``iou``."""
+    model.eval()
+    tp = fp = fn = 0
+    for start in range(0, len(data.det_images), 16):
+        idx = np.arange(start, min(start + 16, len(data.det_images)))
+        images, targets = detector_batch(data, idx, size, None)
+        for out, target in zip(model(images), targets, strict=True):
+            pred = out["boxes"][out["scores"] >= score]
+            matched = match_boxes(pred, target["boxes"], iou)
+            tp += len(matched)
+            fp += len(pred) - len(matched)
+            fn += len(target["boxes"]) - len(matched)
+    return 2 * tp / max(1, 2 * tp + fp + fn)
+
+
+def match_boxes(pred: torch.Tensor, truth: torch.Tensor, iou: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching, highest IoU first; pairs ``(pred, truth)`` with IoU ≥ ``iou``."""
+    if len(pred) == 0 or len(truth) == 0:
+        return []
+    ious = box_iou(pred, truth)
+    pairs = []
+    used_p, used_t = set(), set()
+    for flat in torch.argsort(ious.flatten(), descending=True).tolist():
+        p, t = divmod(flat, ious.shape[1])
+        if ious[p, t] < iou:
+            break
+        if p in used_p or t in used_t:
+            continue
+        used_p.add(p)
+        used_t.add(t)
+        pairs.append((p, t))
+    return pairs
+
+
+def train_classifier_epoch(
+    model: AvnClassifier,
+    optimizer: torch.optim.Optimizer,
+    data: PreparedSet,
+    out_size: int,
+    batch_size: int,
+    crops_per_head: int,
+    rng: np.random.Generator,
+    progress: Progress,
+) -> float:
+    """One epoch over every head resampled ``crops_per_head`` = N times at N scales linearly spaced in
+    [0.85, 1.05] (paper Table VI; N = 1 takes the middle scale); returns the mean loss.
+    """
+    model.train()
+    losses = []
+    scale_set = np.linspace(0.85, 1.05, crops_per_head) if crops_per_head > 1 else np.array([0.95])
+    heads = np.repeat(np.arange(len(data.crops)), crops_per_head)
+    scales = np.tile(scale_set, len(data.crops))
+    for pick in _batches(len(heads), batch_size, rng):
+        idx = heads[pick]
+        crops, labels = classifier_batch(data, idx, out_size, rng, scales[pick])
+        loss = classifier_loss(model, crops, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        progress(len(idx))
+    n = len(data.crops)
+    recalibrate_batch_norm(
+        model,
+        lambda: model(
+            classifier_batch(
+                data,
+                rng.choice(n, min(n, batch_size), replace=False),
+                out_size,
+                rng,
+                rng.choice(scale_set, min(n, batch_size)),
+            )[0]
+        ),
+        BN_BATCHES,
+    )
+    return float(np.mean(losses))
+
+
+@torch.inference_mode()
+def validate_classifier(model: AvnClassifier, data: PreparedSet, out_size: int) -> float:
+    """Mean classifier loss on un-augmented crops at the middle paper scale."""
+    model.eval()
+    losses, weights = [], []
+    for start in range(0, len(data.crops), 64):
+        idx = np.arange(start, min(start + 64, len(data.crops)))
+        crops, labels = classifier_batch(data, idx, out_size, None)
+        losses.append(float(classifier_loss(model, crops, labels)))
+        weights.append(len(idx))
+    return float(np.average(losses, weights=weights)) if losses else float("nan")
