@@ -41,7 +41,7 @@ weights: setup
 	$(VENV)/bin/avn-node evaluate --data var/weights/heldout --weights $(WEIGHTS) --out $(WEIGHTS)
 
 bench-phantom: setup
-	$(PY) benchmarks/phantom_speed.py
+	$(PY) -m benchmarks.phantom_speed
 
 # Regenerates the contact sheet shown in the README.
 preview-readme: setup

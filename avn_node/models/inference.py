@@ -20,7 +20,7 @@ from avn_node.ground_truth import NOTES, STAGES, FicatStage, Note, Side, View
 from avn_node.models.classifier import SIDE_CLASSES, VIEW_CLASSES
 from avn_node.models.detector import to_detector_input
 from avn_node.models.pixels import PixelDecodeError, Radiograph, load_radiograph
-from avn_node.models.transforms import CROP_SCALES, Box, crop, letterbox, square_box, standardise
+from avn_node.models.transforms import CROP_SCALES, Box, head_crops, letterbox, standardise
 from avn_node.models.weights import ModelInfo, load_weights
 
 DETECTION_THRESHOLD = 0.5
@@ -197,8 +197,8 @@ class Analyzer:
         for rad, dets in items:
             image = torch.from_numpy(rad.image)[None]
             for box, _ in dets:
-                boxes = [square_box(box, s) for s in self.scales]
-                batches.append(crop(image, boxes, self.info.crop_size))
+                crops, boxes = head_crops(image, box, self.info.crop_size, self.scales)
+                batches.append(crops)
                 crop_boxes.append(boxes)
         if not batches:
             return [[] for _ in items]

@@ -1,0 +1,133 @@
+"""The CAM secondary capture of one analysed radiograph (DESIGN §6; SC Image IOD, PS3.3 A.8.1).
+
+The windowed radiograph as stored (MONOCHROME1 shown bright-bone), each head's box in its stage colour, the
+stage head's class-activation map as a heat map inside the box, side, stage and probabilities as labels,
+and a NOT FOR DIAGNOSTIC USE banner while demo weights are loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from highdicom.sc import SCImage
+from PIL import Image, ImageDraw
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from avn_node.models.inference import HeadFinding, RadiographFinding
+from avn_node.models.pixels import normalise, presentation_values
+from avn_node.report.drawing import STAGE_COLOURS, STAGE_LABELS, banner, heat_colours, labelled_box
+from avn_node.report.identity import MANUFACTURER, Producer
+from avn_node.report.uids import derived_uid
+
+CAM_SERIES_NUMBER = 991
+MAX_SIDE_PIXELS = 1024
+HEAT_OPACITY = 0.55
+
+
+def _grey(source: Dataset) -> tuple[np.ndarray, float]:
+    """The displayed radiograph as uint8, at most :data:`MAX_SIDE_PIXELS` on its longer side, and the scale."""
+    image = torch.from_numpy(normalise(presentation_values(source)))
+    scale = min(1.0, MAX_SIDE_PIXELS / max(image.shape))
+    if scale < 1.0:
+        size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+        image = F.interpolate(image[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), scale
+
+
+def _blend_cam(rgb: np.ndarray, head: HeadFinding, scale: float) -> None:
+    """Alpha-blend the head's CAM (opacity grows with activation) into its box, in place."""
+    x0, y0, x1, y1 = (c * scale for c in head.cam_box)
+    w, h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
+    cam = F.interpolate(torch.from_numpy(head.cam)[None, None], size=(h, w), mode="bilinear", align_corners=False)
+    cam = cam[0, 0].clamp(0, 1).numpy()
+    cx0, cy0 = round(x0), round(y0)
+    ix0, iy0 = max(0, cx0), max(0, cy0)
+    ix1, iy1 = min(rgb.shape[1], cx0 + w), min(rgb.shape[0], cy0 + h)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return
+    part = cam[iy0 - cy0 : iy1 - cy0, ix0 - cx0 : ix1 - cx0]
+    alpha = (HEAT_OPACITY * part)[..., None]
+    region = rgb[iy0:iy1, ix0:ix1].astype(np.float32) / 255
+    rgb[iy0:iy1, ix0:ix1] = np.round(255 * ((1 - alpha) * region + alpha * heat_colours(part))).astype(np.uint8)
+
+
+def head_label(head: HeadFinding) -> list[str]:
+    """Label lines of one head: side and stage, then the probability of that stage and of AVN."""
+    lines = [f"{'Right' if head.side.value == 'R' else 'Left'}: {STAGE_LABELS[head.stage]}"]
+    lines.append(f"{100 * head.stage_probabilities[head.stage]:.0f} %, AVN {100 * head.presence_probability:.0f} %")
+    if not head.side_agrees:
+        lines.append("side uncertain")
+    return lines
+
+
+def render_overlay(source: Dataset, radiograph: RadiographFinding, demo: bool) -> np.ndarray:
+    """The RGB overlay image (rows × columns × 3, uint8)."""
+    grey, scale = _grey(source)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for head in radiograph.heads:
+        _blend_cam(rgb, head, scale)
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    size = max(12, image.width // 48)
+    for head in radiograph.heads:
+        box = tuple(c * scale for c in head.box)
+        labelled_box(draw, box, STAGE_COLOURS[head.stage], head_label(head), size)  # type: ignore[arg-type]
+    if not radiograph.heads:
+        labelled_box(draw, (size, 3 * size, size, 3 * size), (255, 180, 80), ["No femoral head found"], size)
+    if demo:
+        banner(image)
+    return np.asarray(image)
+
+
+def source_image_sequence(radiographs: Sequence[RadiographFinding]) -> DicomSequence:
+    """Source Image Sequence (0008,2112) naming the analysed radiographs."""
+    items = []
+    for r in radiographs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = r.sop_class_uid
+        item.ReferencedSOPInstanceUID = r.sop_instance_uid
+        items.append(item)
+    return DicomSequence(items)
+
+
+def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_uid: str, producer: Producer) -> SCImage:
+    """The CAM secondary capture of ``source`` (a full dataset with pixels) in ``target_study_uid``.
+
+    Its UID depends on the study, the model and the source image only: the same image read by the same
+    model keeps its secondary capture across result versions.
+    """
+    pixels = render_overlay(source, radiograph, producer.demo)
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=derived_uid("cam-series", target_study_uid, producer.weights_sha256),
+        series_number=CAM_SERIES_NUMBER,
+        sop_instance_uid=derived_uid("cam-sc", target_study_uid, producer.weights_sha256, source.SOPInstanceUID),
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        patient_orientation=("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[producer.equipment()],
+        series_description="AVN-net heat maps" + (" (not for diagnostic use)" if producer.demo else ""),
+        manufacturer_model_name=producer.model_name,
+        software_versions=producer.software_versions,
+    )
+    sc.PatientOrientation = source.get("PatientOrientation") or ""
+    sc.Laterality = source.get("Laterality", "")  # Type 2C: hips are paired
+    sc.BurnedInAnnotation = "YES"
+    sc.SourceImageSequence = source_image_sequence([radiograph])
+    sc.DerivationDescription = (
+        f"{producer.model_name} {producer.model_version}: femoral head boxes, Ficat stage and class-activation "
+        "heat map drawn over the windowed radiograph"
+    )[:1024]
+    if "SpecificCharacterSet" in source:
+        sc.SpecificCharacterSet = source.SpecificCharacterSet
+    return sc

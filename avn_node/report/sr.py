@@ -1,0 +1,204 @@
+"""The Comprehensive SR of one study of a case: TID 1500 Imaging Measurement Report (DESIGN §6).
+
+One TID 1410 planar-ROI group per femoral head per radiograph, one per hip for the case (most severe stage,
+its region the box that decided it), a TEXT with the intended use, and TEXT lines for radiographs that
+could not be read or showed no femoral head.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+from highdicom.sr import (
+    ComprehensiveSR,
+    ContainerContentItem,
+    FindingSite,
+    GraphicTypeValues,
+    ImageRegion,
+    Measurement,
+    MeasurementReport,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurement,
+    SourceImageForRegion,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+
+from avn_node.ground_truth import NOTES, FicatStage
+from avn_node.models.inference import CaseFinding, HeadFinding, HipFinding, RadiographFinding
+from avn_node.report import codes
+from avn_node.report.identity import MANUFACTURER, Producer
+from avn_node.report.uids import derived_uid
+
+SR_SERIES_NUMBER = 990
+TYPE2_EVIDENCE = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyID", "ReferringPhysicianName",
+)  # fmt: skip
+
+
+def _box_polyline(box: tuple[float, float, float, float], rows: int, columns: int) -> np.ndarray:
+    """The box as a closed 5-point polyline in (column, row), clipped to the image (PS3.3 C.18.6.1.1)."""
+    x0, y0, x1, y1 = (
+        float(np.clip(box[0], 0, columns)),
+        float(np.clip(box[1], 0, rows)),
+        float(np.clip(box[2], 0, columns)),
+        float(np.clip(box[3], 0, rows)),
+    )
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def _percent(p: float) -> float:
+    return round(100.0 * float(p), 1)
+
+
+def _measurements(head: HeadFinding, referenced: Sequence[SourceImageForMeasurement] | None) -> list[Measurement]:
+    """AVN probability, then each AVN stage's, then each note's, in percent (the order OHIF prints)."""
+    items = [(codes.AVN_PROBABILITY, head.presence_probability)]
+    items += [(code, head.stage_probabilities[stage]) for stage, code in codes.STAGE_PROBABILITY.items()]
+    items += [(codes.NOTE_PROBABILITY[note], head.note_probabilities[note]) for note in NOTES]
+    return [
+        Measurement(
+            name=name,
+            value=_percent(p),
+            unit=codes.PERCENT,
+            referenced_images=referenced if i == 0 else None,
+        )
+        for i, (name, p) in enumerate(items)
+    ]
+
+
+def _evaluations(head: HeadFinding) -> list[QualitativeEvaluation]:
+    present = head.stage != FicatStage.ABSENCE
+    evaluations = [
+        QualitativeEvaluation(codes.AVN, codes.PRESENT if present else codes.ABSENT),
+        QualitativeEvaluation(codes.FICAT_STAGE, codes.STAGE[head.stage]),
+    ]
+    evaluations += [QualitativeEvaluation(codes.NOTE[n], codes.PRESENT) for n in head.notes]
+    return evaluations
+
+
+def head_group(
+    head: HeadFinding,
+    radiograph: RadiographFinding,
+    producer: Producer,
+    label: str,
+    referenced: Sequence[RadiographFinding] = (),
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group for one head; ``label`` completes the tracking identifier (``FH-L AP``, ``FH-L case``).
+
+    The tracking UID depends only on the source image, side and label, so it is stable across versions.
+    """
+    identifier = f"FH-{head.side.value} {label}"
+    source = SourceImageForRegion(radiograph.sop_class_uid, radiograph.sop_instance_uid)
+    refs = [SourceImageForMeasurement(r.sop_class_uid, r.sop_instance_uid) for r in referenced] or None
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derived_uid("tracking", radiograph.sop_instance_uid, head.side.value, label), identifier=identifier
+        ),
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues.POLYLINE,
+            graphic_data=_box_polyline(head.box, radiograph.rows, radiograph.columns),
+            source_image=source,
+        ),
+        finding_type=codes.AVN,
+        finding_sites=[FindingSite(codes.HEAD_OF_FEMUR, laterality=codes.LATERALITY[head.side])],
+        algorithm_id=producer.algorithm(),
+        measurements=_measurements(head, refs),
+        qualitative_evaluations=_evaluations(head),
+    )
+
+
+def hip_group(hip: HipFinding, case: CaseFinding, producer: Producer) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The case-level group of one hip: the deciding head's box, referencing every image showing that hip."""
+    by_uid = {r.sop_instance_uid: r for r in case.radiographs}
+    decider = by_uid[hip.decided_by]
+    return head_group(hip.head, decider, producer, "case", [by_uid[uid] for uid in hip.sources])
+
+
+def _text(value: str) -> TextContentItem:
+    return TextContentItem(name=codes.COMMENT, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
+
+
+def _remarks(case: CaseFinding, producer: Producer) -> ContainerContentItem:
+    """TID 1500's Qualitative Evaluations container: intended use, and what could not be read."""
+    container = ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS
+    )
+    lines = [producer.intended_use]
+    for r in case.radiographs:
+        if r.error:
+            lines.append(f"Image {r.sop_instance_uid} could not be analysed: {r.error}")
+        elif not r.heads:
+            lines.append(f"No femoral head was found on image {r.sop_instance_uid}.")
+    container.ContentSequence = [_text(line[:1024]) for line in lines]
+    return container
+
+
+def evidence_dataset(source: Dataset) -> Dataset:
+    """A header copy with the Type 2 patient and study attributes present, as SR evidence requires."""
+    ds = copy.deepcopy(source)
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    for keyword in TYPE2_EVIDENCE:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    return ds
+
+
+def build_sr(
+    case: CaseFinding,
+    sources: dict[str, Dataset],
+    target_study_uid: str,
+    producer: Producer,
+    version: int,
+    previous: Sequence[Dataset] = (),
+) -> ComprehensiveSR:
+    """The SR of ``target_study_uid`` for ``case`` at result ``version`` (1, 2, …).
+
+    ``sources`` maps SOP Instance UID → header of every analysed instance of the case. ``previous`` are the
+    SRs this version replaces (Predecessor Documents Sequence).
+    """
+    analysed = sorted(sources)
+    in_study = [uid for uid in analysed if str(sources[uid].StudyInstanceUID) == target_study_uid]
+    if not in_study:
+        raise ValueError(f'No analysed instance belongs to study "{target_study_uid}".')
+    groups = [
+        head_group(head, r, producer, r.view.value if r.view else "image")
+        for r in case.radiographs
+        if str(sources[r.sop_instance_uid].StudyInstanceUID) == target_study_uid
+        for head in r.heads
+    ]
+    groups += [hip_group(hip, case, producer) for hip in case.hips]
+    report = MeasurementReport(
+        observation_context=producer.observer(),
+        procedure_reported=codes.PLAIN_XRAY_OF_HIP,
+        imaging_measurements=groups or None,
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    report[0].ContentSequence.append(_remarks(case, producer))
+    first = sources[in_study[0]]
+    evidence = [evidence_dataset(sources[uid]) for uid in [in_study[0], *(u for u in analysed if u != in_study[0])]]
+    return ComprehensiveSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=derived_uid("sr-series", target_study_uid, producer.weights_sha256),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=derived_uid("sr", target_study_uid, producer.weights_sha256, *analysed, version),
+        instance_number=version,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        previous_versions=list(previous) or None,
+        contributing_equipment=[producer.equipment()],
+        coding_schemes=[codes.SCHEME_IDENTIFICATION],
+        series_description="AVN-net report",
+        manufacturer_model_name=producer.model_name,
+        software_versions=producer.software_versions,
+        specific_character_set=first.get("SpecificCharacterSet"),
+    )

@@ -1,0 +1,80 @@
+"""Markdown renderers, one per section of results/latest.json."""
+
+from __future__ import annotations
+
+from benchmarks.common import renderer
+
+AIM_PHANTOM_RADIOGRAPHS_PER_S = 2.0
+AIM_ROOFLINE_FRACTION = 0.70
+AIM_CASE_S = 1.0
+AIM_RSS_MIB = 1536
+
+
+def _vs_aim(value: float, aim: float, higher_is_better: bool = True) -> str:
+    ratio = value / aim if higher_is_better else aim / value
+    verdict = "met" if ratio >= 1 else f"missed by {abs(1 - ratio) * 100:.0f} %"
+    return f"{ratio:.2f}× the aim ({verdict})"
+
+
+@renderer("phantom")
+def phantom(m: dict) -> list[str]:
+    lines = [
+        "## Phantom (`avn-node phantom`)",
+        "",
+        f"Measured {m['date']}: `make bench-phantom`.",
+        "",
+        "| figure | min | median | aim |",
+        "|---|---|---|---|",
+        f"| radiographs/s at 2048², {m['workers']} workers, default syntax mix, written to disk "
+        f"| {m['radiographs_per_s_runs']['min']:.2f} | {m['radiographs_per_s']:.2f} | ≥ "
+        f"{AIM_PHANTOM_RADIOGRAPHS_PER_S:.1f}: {_vs_aim(m['radiographs_per_s'], AIM_PHANTOM_RADIOGRAPHS_PER_S)} |",
+    ]
+    for name, s in m["stage_seconds"].items():
+        lines.append(
+            f"| s per radiograph: {name.replace('_', ' ')} (1 process) | {s['min']:.3f} | {s['median']:.3f} | |"
+        )
+    return lines
+
+
+@renderer("inference")
+def inference(m: dict) -> list[str]:
+    return [
+        "## Inference (`make bench-inference`)",
+        "",
+        f"Measured {m['date']} with {m['threads']} torch threads, weights {m['model']}. FLOP = 2 × multiply-adds, "
+        "counted by torch's FlopCounterMode.",
+        "",
+        "| figure | min | median | aim |",
+        "|---|---|---|---|",
+        f"| dense fp32 matmul {m['matmul_n']}², GFLOP/s | {m['matmul_gflops_runs']['min']:.1f} | "
+        f"{m['matmul_gflops']:.1f} | (the limit) |",
+        f"| classifier crops/s at {m['crop_size']}² (batch {m['batch']}; {m['crop_gflop']:.3f} GFLOP per crop) | "
+        f"{m['crops_per_s_runs']['min']:.1f} | {m['crops_per_s']:.1f} | |",
+        f"| classifier GFLOP/s ÷ matmul GFLOP/s | | {m['roofline_fraction']:.2f} | ≥ {AIM_ROOFLINE_FRACTION:.2f}: "
+        f"{_vs_aim(m['roofline_fraction'], AIM_ROOFLINE_FRACTION)} |",
+        f"| detector radiographs/s at {m['detector_size']}² ({m['detector_gflop']:.3f} GFLOP each) | "
+        f"{m['detector_per_s_runs']['min']:.1f} | {m['detector_per_s']:.1f} | |",
+        f"| radiographs/s end to end (decode, detect, 5-scale classify, CAM), uncompressed ~2048² | "
+        f"{m['radiographs_per_s_runs']['min']:.2f} | {m['radiographs_per_s']:.2f} | |",
+    ]
+
+
+@renderer("analysis")
+def analysis(m: dict) -> list[str]:
+    lines = [
+        "## Analysis of one case (`make bench-inference`)",
+        "",
+        f"Measured {m['date']}: an AP + FL case of uncompressed ~2048² radiographs, {m['threads']} torch threads.",
+        "",
+        "| figure | min | median | aim |",
+        "|---|---|---|---|",
+        f"| s per AP + FL case | {m['case_s_runs']['min']:.3f} | {m['case_s']:.3f} | ≤ {AIM_CASE_S:.1f}: "
+        f"{_vs_aim(m['case_s'], AIM_CASE_S, higher_is_better=False)} |",
+    ]
+    for stage, s in m["stage_seconds"].items():
+        lines.append(f"| of which {stage} | {s['min']:.3f} | {s['median']:.3f} | |")
+    lines.append(
+        f"| peak RSS with models loaded after the runs, MiB | | {m['rss_peak_mib']:.0f} | ≤ {AIM_RSS_MIB}: "
+        f"{_vs_aim(m['rss_peak_mib'], AIM_RSS_MIB, higher_is_better=False)} |"
+    )
+    return lines

@@ -1,0 +1,120 @@
+"""Training on a tiny phantom set: the loop learns, resumes exactly, augments with side-swapping flips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avn_node.models.dataset import prepare
+from avn_node.models.classifier import AvnClassifier
+from avn_node.models.engine import classifier_batch, train_classifier_epoch, validate_classifier
+from avn_node.models.presets import PRESETS
+from avn_node.models.train import train
+from avn_node.models.weights import CLASSIFIER_FILE, DETECTOR_FILE, MODEL_FILE, load_weights
+from avn_node.phantom.generate import PhantomOptions, generate
+
+SMOKE = PRESETS["smoke"]
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    generate(PhantomOptions(studies=6, seed=41, syntax_mix={"explicit": 1.0}, size_range=(400, 600)), out, workers=1)
+    return out
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+def _train(data: Path, out: Path, **changes: int) -> dict:
+    return train(data, out, replace(SMOKE, **changes), seed=3, threads=1, workers=1, progress=False)
+
+
+def test_train_lowers_detector_loss(tiny_set: Path, tmp_path: Path):
+    losses = [
+        h["loss"]
+        for h in _train(tiny_set, tmp_path / "w", detector_epochs=6, classifier_epochs=0)["history"]["detector"]
+    ]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_classifier_epochs_lower_unaugmented_training_loss(tiny_set: Path):
+    data = prepare(tiny_set, SMOKE.detector_size, SMOKE.crop_size, workers=1, progress=False)
+    torch.manual_seed(0)
+    model = AvnClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=SMOKE.classifier_lr)
+    before = validate_classifier(model, data, SMOKE.crop_size)
+    for epoch in range(8):
+        train_classifier_epoch(model, optimizer, data, SMOKE.crop_size, 16, 1, np.random.default_rng(epoch), _ignore)
+    after = validate_classifier(model, data, SMOKE.crop_size)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_train_writes_loadable_weights_with_their_recipe(tiny_set: Path, tmp_path: Path):
+    out = tmp_path / "w"
+    _train(tiny_set, out, detector_epochs=1, classifier_epochs=1)
+    for name in (DETECTOR_FILE, CLASSIFIER_FILE, MODEL_FILE, "training.png"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / MODEL_FILE).read_text())
+    assert meta["preset"]["name"] == "smoke" and meta["seed"] == 3 and meta["demo"] is True
+    assert meta["data"]["generator"]["seed"] == 41
+    _, _, info = load_weights(out)
+    assert info.version == "w" and len(info.sha256) == 64
+
+
+def test_train_resumed_from_checkpoint_equals_uninterrupted_run(tiny_set: Path, tmp_path: Path):
+    _train(tiny_set, tmp_path / "once", detector_epochs=2, classifier_epochs=2)
+    _train(tiny_set, tmp_path / "twice", detector_epochs=1, classifier_epochs=0)
+    _train(tiny_set, tmp_path / "twice", detector_epochs=2, classifier_epochs=2)
+    for name in (DETECTOR_FILE, CLASSIFIER_FILE):
+        once, twice = load_file(tmp_path / "once" / name), load_file(tmp_path / "twice" / name)
+        assert once.keys() == twice.keys()
+        for key in once:
+            torch.testing.assert_close(once[key], twice[key], rtol=0, atol=0, msg=f"{name}:{key}")
+
+
+def test_classifier_batch_flip_swaps_side_label(tiny_set: Path):
+    data = prepare(tiny_set, SMOKE.detector_size, 64, workers=1, progress=False)
+    idx = np.arange(len(data.crops))
+    plain, plain_labels = classifier_batch(data, idx, 64, None)
+    augmented, labels = classifier_batch(data, idx, 64, np.random.default_rng(0))
+    flipped = 0
+    for k in range(len(idx)):
+        a = augmented[k, 0].flatten()
+        same = torch.corrcoef(torch.stack([a, plain[k, 0].flatten()]))[0, 1]
+        mirrored = torch.corrcoef(torch.stack([a, plain[k, 0].flip(-1).flatten()]))[0, 1]
+        was_flipped = bool(mirrored > same)
+        flipped += was_flipped
+        assert labels["side"][k] == (1 - plain_labels["side"][k] if was_flipped else plain_labels["side"][k])
+        assert labels["stage"][k] == plain_labels["stage"][k]
+    assert 0 < flipped < len(idx)
+
+
+def test_cli_train_rejects_unknown_profile(tiny_set: Path, tmp_path: Path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avn_node",
+            "train",
+            "--data",
+            str(tiny_set),
+            "--out",
+            str(tmp_path),
+            "--profile",
+            "huge",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "--profile" in proc.stderr
