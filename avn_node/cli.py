@@ -171,3 +171,48 @@ def evaluate(
         f"detection F1@0.5 {metrics['detection']['f1_iou50']:.3f}, presence AUC {metrics['presence']['auc']}, "
         f"targets missed: {', '.join(missed) or 'none'}" + (f"; report in {out}" if out else "")
     )
+
+
+@app.command()
+def analyze(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Folder for the result objects, one sub-folder per study.")],
+    weights: Annotated[Path, typer.Option(help="Weights folder.")] = Path("models/avn-demo-v1"),
+    summary_image: Annotated[bool, typer.Option(help="Also write the case summary image.")] = True,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Offline: the node's analysis and result objects written as files, no network (DESIGN §3)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from avn_node.models.inference import Analyzer
+    from avn_node.models.weights import WeightsError
+    from avn_node.offline import analyze as run_offline
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}", param_hint="PATHS")
+    try:
+        analyzer = Analyzer(weights, threads=threads)
+    except WeightsError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    run = run_offline(paths, out, analyzer, summary_image=summary_image)
+    table = Table("patient case", "hip", "stage", "AVN probability", "decided by", title="Hips")
+    for i, case in enumerate(run.cases, 1):
+        for hip in case.hips:
+            view = next(r.view for r in case.radiographs if r.sop_instance_uid == hip.decided_by)
+            table.add_row(
+                str(i), hip.side.value, hip.stage.value, f"{hip.head.presence_probability:.0%}", str(view.value)
+            )
+    console = Console()
+    console.print(table)
+    for path, reason in run.skipped.items():
+        console.print(f"skipped {path}: {reason}")
+    unread = [r for case in run.cases for r in case.radiographs if r.error]
+    for r in unread:
+        console.print(f"could not analyse {r.sop_instance_uid}: {r.error}")
+    console.print(f"{len(run.written)} result objects in {out}")
+    if not run.cases:
+        typer.echo("Error: no CR or DX radiograph among the inputs", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED)

@@ -51,9 +51,7 @@ def build_result_sets(
     for study in studies:
         mine = [r for r in case.radiographs if str(sources[r.sop_instance_uid].StudyInstanceUID) == study]
         sr = build_sr(case, dict(sources), study, producer, version, (previous or {}).get(study, ()))
-        captures = tuple(
-            build_capture(sources[r.sop_instance_uid], r, study, producer) for r in mine if not r.error
-        )
+        captures = tuple(build_capture(sources[r.sop_instance_uid], r, study, producer) for r in mine if not r.error)
         summary = (
             build_summary(case, sources[mine[0].sop_instance_uid], study, producer, analysed, version)
             if summary_image

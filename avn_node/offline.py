@@ -1,0 +1,82 @@
+"""``avn-node analyze``: the node's analysis and result objects on files, without a network.
+
+Radiographs (CR and DX images) are grouped into one case per patient (Patient ID + Issuer); every study of a
+case gets its result set under ``OUT/<Study Instance UID>/``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from avn_node.models.inference import Analyzer, CaseFinding
+from avn_node.report.results import build_result_sets
+
+RADIOGRAPH_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+}
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+@dataclass
+class OfflineRun:
+    """What ``analyze`` did: cases read, files written, inputs skipped (path → reason)."""
+
+    cases: list[CaseFinding] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
+
+
+def dicom_files(paths: Iterable[Path]) -> list[Path]:
+    """Every file under the given files and folders, sorted."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
+
+
+def _patient_key(ds: Dataset) -> tuple[str, str]:
+    return str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", ""))
+
+
+def analyze(paths: Iterable[Path], out: Path, analyzer: Analyzer, summary_image: bool = True) -> OfflineRun:
+    """Analyse the radiographs among ``paths`` and write each study's result set under ``out``."""
+    run = OfflineRun()
+    by_patient: dict[tuple[str, str], dict[str, Dataset]] = defaultdict(dict)
+    for path in dicom_files(paths):
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            run.skipped[path] = f"not a DICOM file ({exc})"
+            continue
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if str(ds.get("SOPClassUID", "")) not in RADIOGRAPH_CLASSES:
+            run.skipped[path] = f"not a CR or DX image (SOP Class {ds.get('SOPClassUID', 'missing')})"
+        elif not UID_PATTERN.match(uid) or not UID_PATTERN.match(str(ds.get("StudyInstanceUID", ""))):
+            run.skipped[path] = "SOP Instance UID or Study Instance UID missing or malformed"
+        else:
+            by_patient[_patient_key(ds)][uid] = ds
+    for sources in by_patient.values():
+        case = analyzer.analyse_case(list(sources.values()))
+        run.cases.append(case)
+        for result in build_result_sets(case, sources, summary_image=summary_image):
+            folder = out / result.study_instance_uid
+            folder.mkdir(parents=True, exist_ok=True)
+            names = [
+                "sr.dcm",
+                *(f"cam-{c.SourceImageSequence[0].ReferencedSOPInstanceUID}.dcm" for c in result.captures),
+            ]
+            names += ["summary.dcm"] if result.summary is not None else []
+            for name, ds in zip(names, result.datasets(), strict=True):
+                ds.save_as(folder / name, enforce_file_format=True)
+                run.written.append(folder / name)
+    return run
