@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_TOOLS := dciodvfy dcmdump storescu
+SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
 .PHONY: setup system-deps test weights bench-phantom preview-readme clean
 
@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# dcmtk and dicom3tools are the real peers the tests check files with (Debian packages; needs root).
+# dcmtk, dicom3tools and Orthanc are the real peers the tests check files with (Debian packages; needs root).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing dcmtk dicom3tools (missing:$$missing)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null; \
-	  else echo "missing$$missing: install the Debian packages dcmtk and dicom3tools"; exit 1; fi; \
+	    echo "installing dcmtk dicom3tools orthanc (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null; \
+	  else echo "missing$$missing: install the Debian packages dcmtk, dicom3tools and orthanc"; exit 1; fi; \
 	fi
 
 test: setup

@@ -26,7 +26,7 @@ from avn_node.report.uids import derived_uid
 
 CAM_SERIES_NUMBER = 991
 MAX_SIDE_PIXELS = 1024
-HEAT_OPACITY = 0.55
+HEAT_OPACITY = 0.6
 
 
 def _grey(source: Dataset) -> tuple[np.ndarray, float]:

@@ -35,10 +35,10 @@ def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 
 def heat_colours(cam: np.ndarray) -> np.ndarray:
-    """A CAM in [0, 1] as RGB floats in [0, 1] (matplotlib's perceptually ordered 'inferno')."""
+    """A CAM in [0, 1] as RGB floats in [0, 1]: matplotlib's turbo, red at the peak, clear over grey bone."""
     from matplotlib import colormaps
 
-    return colormaps["inferno"](np.clip(cam, 0, 1))[..., :3]
+    return colormaps["turbo"](np.clip(cam, 0, 1))[..., :3]
 
 
 def banner(image: Image.Image, text: str = NOT_FOR_DIAGNOSTIC_USE) -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from avn_node.models.dataset import prepare
 from avn_node.models.classifier import AvnClassifier
+from avn_node.models.dataset import prepare
 from avn_node.models.engine import classifier_batch, train_classifier_epoch, validate_classifier
 from avn_node.models.presets import PRESETS
 from avn_node.models.train import train

@@ -19,18 +19,13 @@ from pydicom.uid import (
 )
 
 from avn_node.phantom.generate import PhantomOptions, generate, plan_patient, render_radiograph
-from tests.conftest import PHANTOM_SET_OPTIONS, require_tool
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    out = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+from tests.conftest import PHANTOM_SET_OPTIONS, dciodvfy_errors, require_tool
 
 
 def test_phantom_files_pass_dciodvfy_without_errors(phantom_set: Path) -> None:
     files = sorted(phantom_set.rglob("*.dcm"))
     assert len(files) >= 12
-    problems = {str(f.relative_to(phantom_set)): e for f in files if (e := _dciodvfy_errors(f))}
+    problems = {str(f.relative_to(phantom_set)): e for f in files if (e := dciodvfy_errors(f))}
     assert problems == {}
 
 
@@ -105,7 +100,7 @@ def test_phantom_default_detector_is_1500_to_3000_pixels_at_0_1_to_0_2_mm(tmp_pa
         assert 1500 <= ds.Rows <= 3000 and 1500 <= ds.Columns <= 3000
         assert all(0.1 <= float(v) <= 0.2 for v in ds.ImagerPixelSpacing)
         assert 12 <= ds.BitsStored <= 16
-        assert _dciodvfy_errors(f) == []
+        assert dciodvfy_errors(f) == []
 
 
 DCMTK_DECODERS = {JPEGLosslessSV1: "dcmdjpeg", JPEGLSLossless: "dcmdjpls", RLELossless: "dcmdrle"}
