@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
-.PHONY: setup system-deps test weights bench-phantom preview-readme clean
+.PHONY: setup system-deps test weights ablation bench-phantom bench-inference preview-readme clean
 
 setup: $(STAMP) system-deps
 
@@ -39,6 +39,13 @@ weights: setup
 	$(VENV)/bin/avn-node train --data var/weights/train --out $(WEIGHTS) --profile $(PROFILE) --seed 1 --version avn-demo-v1
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout --studies 100 --seed 9001 --workers 2
 	$(VENV)/bin/avn-node evaluate --data var/weights/heldout --weights $(WEIGHTS) --out $(WEIGHTS)
+
+# Paper Table VI on the phantom (N = 1 vs 5 training crops per head; test-time averaging on vs off).
+ablation: setup
+	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout
+
+bench-inference: setup
+	$(PY) -m benchmarks.inference_speed --weights $(WEIGHTS)
 
 bench-phantom: setup
 	$(PY) -m benchmarks.phantom_speed

@@ -1,0 +1,1 @@
+"""AVN-net rebuilt on torchvision: femoral-head detector, multi-task classifier with CAM, training, evaluation."""
