@@ -298,7 +298,7 @@ def evaluate(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        from avn_node.models.report import write_plots, write_report
+        from avn_node.models.evaluation_report import write_plots, write_report
 
         write_plots(collected, metrics, out)
         write_report(metrics, out / "report.md")
