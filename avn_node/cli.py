@@ -216,3 +216,154 @@ def analyze(
     if not run.cases:
         typer.echo("Error: no CR or DX radiograph among the inputs", err=True)
         raise typer.Exit(EXIT_WORK_FAILED)
+
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML configuration (default: config/avn-node.toml).")
+]
+
+
+def _settings(config: Path | None):  # noqa: ANN202 - avoids importing pydantic for other commands
+    from avn_node.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _peer(text: str, option: str):  # noqa: ANN202
+    """``AET@HOST:PORT`` → a destination."""
+    from avn_node.config import Destination
+
+    aet, at, rest = text.partition("@")
+    host, colon, port = rest.rpartition(":")
+    if not (aet and at and host and colon and port.isdigit()):
+        raise typer.BadParameter(f"expected AET@HOST:PORT, got {text!r}", param_hint=option)
+    return Destination(name=text, ae_title=aet, host=host, port=int(port))
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: SCP, grouping, analysis, reporting and dispatch in one process (DESIGN §3)."""
+    from avn_node.logs import configure_logging
+    from avn_node.serve import serve as run_node
+
+    settings = _settings(config)
+    configure_logging(settings.logging.level, settings.logging.json_logs)
+    run_node(settings)
+
+
+@app.command()
+def echo(
+    peer: Annotated[str, typer.Argument(help="AET@HOST:PORT")],
+    calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "AVN_NODE",
+) -> None:
+    """C-ECHO a DICOM peer."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    destination = _peer(peer, "PEER")
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        typer.echo(f"Error: no association with {peer}", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED)
+    status = assoc.send_c_echo()
+    assoc.release()
+    if getattr(status, "Status", None) != 0:
+        typer.echo(f"Error: C-ECHO to {peer} failed", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED)
+    typer.echo(f"C-ECHO {peer}: success")
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
+    to: Annotated[str, typer.Option(help="AET@HOST:PORT")],
+    calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "AVN_NODE",
+) -> None:
+    """C-STORE files to a DICOM peer."""
+    from avn_node.dispatch.sender import send_files
+    from avn_node.offline import dicom_files
+
+    destination = _peer(to, "--to").model_copy(update={"calling_ae_title": calling_aet})
+    files = dicom_files(paths)
+    if not files:
+        raise typer.BadParameter("no files found", param_hint="PATHS")
+    outcome = send_files(destination, files)
+    failed = {p: e for p, e in outcome.items() if e}
+    for path, error in failed.items():
+        typer.echo(f"failed {path}: {error}", err=True)
+    typer.echo(f"sent {len(files) - len(failed)} of {len(files)} files to {to}")
+    if failed:
+        raise typer.Exit(EXIT_WORK_FAILED)
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Studies, cases, jobs, deliveries, failures and stored results."""
+    import json
+
+    from avn_node.store.database import open_database
+    from avn_node.store.status import node_status
+
+    settings = _settings(config)
+    with open_database(settings.database.url)() as session:
+        report = node_status(session)
+    if json_output:
+        typer.echo(json.dumps(report))
+        return
+    for section in ("instances", "studies", "cases", "jobs", "deliveries"):
+        counts = ", ".join(f"{k} {v}" for k, v in report[section].items()) or "none"
+        typer.echo(f"{section}: {counts}")
+    for failure in report["failures"]:
+        typer.echo(f"failure: {failure}")
+    for result in report["results"]:
+        typer.echo(f"result {result['kind']} v{result['version']} study {result['study']}: {result['path']}")
+
+
+deliveries_app = typer.Typer(help="Deliveries of results to destinations.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Delivery IDs (see `avn-node status`).")] = None,
+    all_dead: Annotated[bool, typer.Option("--all", help="Every dead-lettered delivery.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Re-queue failed deliveries; the running node sends them at once."""
+    from avn_node.dispatch.sender import retry_deliveries
+    from avn_node.store.database import open_database
+
+    if bool(ids) == all_dead:
+        raise typer.BadParameter("give delivery IDs or --all, not both or neither", param_hint="--all")
+    settings = _settings(config)
+    with open_database(settings.database.url)() as session:
+        n = retry_deliveries(session, ids or None)
+    typer.echo(f"{n} deliveries re-queued")
+
+
+@app.command()
+def purge(
+    older_than: Annotated[float | None, typer.Option(help="Days (default: [storage] retention_days).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Delete received images and results older than the retention; rows stay as an audit trace."""
+    from avn_node.store.database import open_database
+    from avn_node.store.retention import purge_older_than
+
+    settings = _settings(config)
+    days = settings.storage.retention_days if older_than is None else older_than
+    if days <= 0:
+        typer.echo("retention is 0 (keep forever): nothing purged")
+        return
+    with open_database(settings.database.url)() as session:
+        n = purge_older_than(session, days)
+    typer.echo(f"{n} files deleted")

@@ -1,0 +1,1 @@
+"""Group: studies become complete after silence or a forced time; complete studies of a patient form cases."""

@@ -1,0 +1,95 @@
+"""Idle and force timers as queries over UTC columns (mercure's routing, without folders), then cases.
+
+A case is one patient's (Patient ID + Issuer) complete studies whose Study Date/Time lie within
+``case_window_hours`` of the case's first study — measured from that first study, so cases never chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from avn_node.config import PipelineSettings
+from avn_node.store.models import Case, CaseState, Event, Instance, InstanceState, Job, JobState, Study, StudyState
+
+log = logging.getLogger("avn_node.group")
+
+
+def close_stable_studies(session: Session, pipeline: PipelineSettings, now: datetime) -> list[str]:
+    """Mark receiving studies complete after ``study_idle_seconds`` of silence or ``study_force_seconds``."""
+    idle_before = now - timedelta(seconds=pipeline.study_idle_seconds)
+    force_before = now - timedelta(seconds=pipeline.study_force_seconds)
+    studies = session.scalars(
+        select(Study).where(
+            Study.state == StudyState.RECEIVING,
+            or_(Study.last_received_at <= idle_before, Study.first_received_at <= force_before),
+        )
+    ).all()
+    for study in studies:
+        study.state = StudyState.COMPLETE
+        study.completed_at = now
+        session.add(Event(kind="study.complete", subject=study.study_instance_uid))
+        log.info("study %s complete", study.study_instance_uid)
+    return [s.study_instance_uid for s in studies]
+
+
+def _anchor(study: Study) -> datetime:
+    return study.study_datetime or study.first_received_at
+
+
+def _case_for(session: Session, study: Study, window: timedelta) -> Case:
+    """The patient's case whose first study lies within the window of this one, or a new case."""
+    candidates = session.scalars(
+        select(Case)
+        .where(Case.patient_id == study.patient_id, Case.issuer_of_patient_id == study.issuer_of_patient_id)
+        .order_by(Case.id)
+    ).all()
+    for case in candidates:
+        if case.anchor_datetime is not None and abs(_anchor(study) - case.anchor_datetime) <= window:
+            return case
+    case = Case(
+        patient_id=study.patient_id, issuer_of_patient_id=study.issuer_of_patient_id, anchor_datetime=_anchor(study)
+    )
+    session.add(case)
+    session.flush()
+    return case
+
+
+def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
+    """Put complete studies with unanalysed images into cases and queue one job per case version."""
+    accepted = (
+        select(Instance.study_instance_uid, func.count(func.distinct(Instance.sop_instance_uid)).label("n"))
+        .where(Instance.state == InstanceState.ACCEPTED)
+        .group_by(Instance.study_instance_uid)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Study, accepted.c.n)
+        .join(accepted, accepted.c.study_instance_uid == Study.study_instance_uid)
+        .where(Study.state == StudyState.COMPLETE, Study.analysed_instances < accepted.c.n)
+        .order_by(Study.id)
+    ).all()
+    queued = []
+    window = timedelta(hours=pipeline.case_window_hours)
+    for study, _ in rows:
+        if study.case_id is None:
+            study.case = _case_for(session, study, window)
+            session.flush()
+        case = study.case
+        assert case is not None
+        busy = session.scalar(
+            select(func.count(Job.id)).where(Job.case_id == case.id, Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+        )
+        if busy:
+            continue  # the next version follows once this one is done
+        case.version += 1
+        case.state = CaseState.PENDING
+        session.add(Job(case_id=case.id, version=case.version))
+        session.add(Event(kind="case.queued", subject=str(case.id), detail=f"version {case.version}"))
+        session.flush()
+        log.info("case %d version %d queued (study %s)", case.id, case.version, study.study_instance_uid)
+        queued.append(case.id)
+    return queued

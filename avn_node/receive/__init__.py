@@ -1,0 +1,1 @@
+"""Receive: the DICOM SCP (C-ECHO, C-STORE) — durable write, then the status (DESIGN §7)."""

@@ -1,0 +1,71 @@
+"""The durable file store under ``data_dir``: UID-validated paths, fsync before rename, fsync of the folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+class InvalidUidError(ValueError):
+    """A UID that PS3.5 §9.1 does not allow; it is never used in a path."""
+
+
+def checked_uid(value: object, keyword: str) -> str:
+    """``value`` as a UID string, or :class:`InvalidUidError` naming the attribute."""
+    uid = str(value or "").strip()
+    if not uid:
+        raise InvalidUidError(f"{keyword} is missing")
+    if len(uid) > 64 or not UID_PATTERN.match(uid):
+        raise InvalidUidError(f"{keyword} is not a valid UID: {uid[:80]!r}")
+    return uid
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_move(source: Path, destination: Path) -> None:
+    """fsync ``source``, rename it to ``destination`` (same filesystem) and fsync the destination folder."""
+    fsync_file(source)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, destination)
+    fsync_dir(destination.parent)
+
+
+def durable_write(data: bytes, destination: Path) -> None:
+    """Write ``data`` beside ``destination``, then :func:`durable_move` it into place."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(f".{destination.name}.tmp")
+    tmp.write_bytes(data)
+    durable_move(tmp, destination)
+
+
+def instance_path(data_dir: Path, study: str, series: str, sop: str, sha256: str) -> Path:
+    """``data_dir/instances/<study>/<series>/<sop>.<sha8>.dcm``; all UIDs already checked."""
+    return data_dir / "instances" / study / series / f"{sop}.{sha256[:8]}.dcm"
+
+
+def result_path(data_dir: Path, study: str, kind: str, sop: str) -> Path:
+    """``data_dir/results/<study>/<kind>-<sop>.dcm``."""
+    return data_dir / "results" / study / f"{kind}-{sop}.dcm"

@@ -1,0 +1,46 @@
+"""What `avn-node status` shows: counts per state, recent failures, stored results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from avn_node.store.models import Case, Delivery, DeliveryState, Instance, Job, JobState, Result, Study
+
+RECENT = 20
+
+
+def _counts(session: Session, column: Any) -> dict[str, int]:
+    return {str(state): int(n) for state, n in session.execute(select(column, func.count()).group_by(column))}
+
+
+def node_status(session: Session) -> dict[str, Any]:
+    """A JSON-ready summary of the database."""
+    failures = [
+        f"job {j.id} case {j.case_id} v{j.version} ({j.state}, attempt {j.attempts}): {j.error}"
+        for j in session.scalars(select(Job).where(Job.error != "").order_by(Job.id.desc()).limit(RECENT))
+    ]
+    failures += [
+        f"delivery {d.id} to {d.destination} ({d.state}, attempt {d.attempts}): {d.last_error}"
+        for d in session.scalars(
+            select(Delivery).where(Delivery.state != DeliveryState.SENT, Delivery.last_error != "")
+            .order_by(Delivery.id.desc()).limit(RECENT)
+        )
+    ]  # fmt: skip
+    results = [
+        {"id": r.id, "case": r.case_id, "version": r.version, "kind": r.kind, "study": r.study_instance_uid,
+         "sop_instance_uid": r.sop_instance_uid, "path": r.path}
+        for r in session.scalars(select(Result).order_by(Result.id.desc()).limit(RECENT))
+    ]  # fmt: skip
+    return {
+        "instances": _counts(session, Instance.state),
+        "studies": _counts(session, Study.state),
+        "cases": _counts(session, Case.state),
+        "jobs": _counts(session, Job.state),
+        "deliveries": _counts(session, Delivery.state),
+        "queued_jobs": int(session.scalar(select(func.count()).where(Job.state == JobState.QUEUED)) or 0),
+        "failures": failures,
+        "results": results,
+    }
