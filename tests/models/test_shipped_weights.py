@@ -122,7 +122,7 @@ def test_mirrored_radiograph_reads_the_same_patient_sides(held_out: Path, analyz
     path = sorted(held_out.rglob("AP.dcm"))[0]
     ds = pydicom.dcmread(path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)
     mirrored = copy.deepcopy(ds)
     mirrored.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
     mirrored.PatientOrientation = ["R" if ds.PatientOrientation[0] == "L" else "L", ds.PatientOrientation[1]]

@@ -60,7 +60,7 @@ def test_capture_shows_monochrome1_source_bone_bright(one_study_case):
     r, source = _first(one_study_case)
     if source.PhotometricInterpretation != "MONOCHROME2" or source.file_meta.TransferSyntaxUID.is_compressed:
         source = copy.deepcopy(source)
-        source.decompress()
+        source.decompress(generate_instance_uid=False)
         source.PhotometricInterpretation = "MONOCHROME2"
     inverted = copy.deepcopy(source)
     arr = source.pixel_array

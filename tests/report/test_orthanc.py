@@ -23,7 +23,7 @@ def test_orthanc_files_results_under_the_source_patient_and_studies(two_study_ca
     for uid, original in sources.items():
         ds = copy.deepcopy(original)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()  # this test is about where results land, not about codecs
+            ds.decompress(generate_instance_uid=False)  # this test is about where results land, not about codecs
         ds.save_as(tmp_path / f"src-{uid}.dcm", enforce_file_format=True)
         source_files.append(tmp_path / f"src-{uid}.dcm")
     _storescu(orthanc, source_files)

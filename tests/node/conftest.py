@@ -1,0 +1,178 @@
+"""The node as a real process on loopback, with a dcmtk storescp archive beside it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import free_port, require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+COPIES = Path(tempfile.gettempdir()) / f"avn-node-test-copies-{os.getpid()}"
+WEIGHTS = Path(os.environ.get("AVN_TEST_WEIGHTS", ROOT / "models" / "avn-demo-v1"))  # other weights: set the variable
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Node:
+    """``avn-node serve`` with its own config, data folder and log."""
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    idle_seconds: float = 1.0
+    destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
+    extra: str = ""
+    process: subprocess.Popen | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "avn-node.toml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "node.log"
+
+    def write_config(self) -> None:
+        data = self.root / "var"
+        text = f"""
+[node]
+ae_title = "AVN_NODE"
+host = "127.0.0.1"
+port = {self.port}
+data_dir = "{data}"
+[database]
+url = "sqlite:///{data}/avn-node.db"
+[pipeline]
+study_idle_seconds = {self.idle_seconds}
+[models]
+dir = "{WEIGHTS}"
+threads = 2
+[dispatch]
+retry_first_seconds = 1
+[security]
+min_free_disk_mb = 1
+{self.extra}
+"""
+        for name, aet, port in self.destinations:
+            text += f'[[destinations]]\nname = "{name}"\nae_title = "{aet}"\nhost = "127.0.0.1"\nport = {port}\n'
+        self.config.write_text(text)
+
+    def start(self) -> None:
+        self.write_config()
+        log = self.log.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "avn_node", "serve", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        wait_for(lambda: port_open(self.port) or self.process.poll() is not None, 60, "the node to listen")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def status(self) -> dict:
+        import json
+
+        out = subprocess.run(
+            [sys.executable, "-m", "avn_node", "status", "--json", "--config", str(self.config)],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+
+@dataclass
+class Archive:
+    """dcmtk storescp writing every received object into ``folder``."""
+
+    folder: Path
+    port: int
+    aet: str = "ARCHIVE"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    arch = Archive(folder, free_port())
+    proc = subprocess.Popen(
+        [require_tool("storescp"), "-aet", arch.aet, "-od", str(folder), "+uf", str(arch.port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(lambda: port_open(arch.port), 10, "storescp")
+    yield arch
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    """A node (not yet started: tests set destinations and timers, then call ``start()``)."""
+    n = Node(tmp_path / "node")
+    n.root.mkdir()
+    yield n
+    if n.process is not None and n.process.poll() is None:
+        n.stop()
+
+
+def _uncompressed(path: Path) -> Path:
+    ds = pydicom.dcmread(path)
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return path
+    ds.decompress(generate_instance_uid=False)
+    copy = COPIES / f"{ds.SOPInstanceUID}.dcm"
+    if not copy.exists():
+        COPIES.mkdir(parents=True, exist_ok=True)
+        ds.save_as(copy, enforce_file_format=True)
+    return copy
+
+
+def storescu(port: int, files: list[Path], aet: str = "AVN_NODE") -> subprocess.CompletedProcess:
+    """dcmtk storescu; it proposes uncompressed syntaxes, so compressed files go as decompressed copies."""
+    files = [_uncompressed(f) for f in files]
+    return subprocess.run(
+        [
+            require_tool("storescu"),
+            "--required",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            aet,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
