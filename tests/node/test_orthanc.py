@@ -1,0 +1,75 @@
+"""Orthanc as the PACS: it auto-forwards stable studies to the node and receives the results, with no loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, require_tool
+from tests.node.conftest import Node, port_open, storescu, wait_for
+
+pytestmark = pytest.mark.xdist_group("node")
+
+# Forward the whole study when it becomes stable, as a PACS auto-forward rule does: the node must recognise
+# its own results and the images it already read when the study comes back (DESIGN §7).
+FORWARD_LUA = """
+function OnStableStudy(studyId, tags, metadata)
+  for _, instance in pairs(ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))) do
+    SendToModality(instance['ID'], 'avn')
+  end
+end
+"""
+
+
+@pytest.fixture
+def pacs(tmp_path: Path, node: Node):
+    """Orthanc with an auto-forward rule to the node, and the node sending its results back."""
+    dicom_port, http_port = free_port(), free_port()
+    (tmp_path / "forward.lua").write_text(FORWARD_LUA)
+    config = {
+        "Name": "avn-node test PACS", "StorageDirectory": str(tmp_path / "orthanc"),
+        "IndexDirectory": str(tmp_path / "orthanc"), "DicomAet": "PACS", "DicomPort": dicom_port,
+        "HttpPort": http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False, "StableAge": 2, "Plugins": [],
+        "DicomModalities": {"avn": ["AVN_NODE", "127.0.0.1", node.port]},
+        "LuaScripts": [str(tmp_path / "forward.lua")],
+    }  # fmt: skip
+    (tmp_path / "orthanc.json").write_text(json.dumps(config))
+    proc = subprocess.Popen([require_tool("Orthanc"), str(tmp_path / "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for(lambda: port_open(http_port), 20, "Orthanc")
+    node.destinations = [("pacs", "PACS", dicom_port)]
+    node.start()
+    yield dicom_port, http_port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _get(http_port: int, path: str) -> object:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_orthanc_auto_forward_gets_sr_and_captures_into_the_same_study(pacs, node: Node, phantom_set: Path):
+    dicom_port, http_port = pacs
+    files = sorted((phantom_set / "P0002").rglob("*.dcm"))
+    assert storescu(dicom_port, files, aet="PACS").returncode == 0
+
+    def series_modalities() -> list[str]:
+        return sorted(s["MainDicomTags"].get("Modality", "") for s in _get(http_port, "/series?expand"))
+
+    wait_for(lambda: {"SR", "OT"} <= set(series_modalities()), 90, "SR and secondary captures in Orthanc")
+    time.sleep(8)  # the study becomes stable again and is forwarded again: nothing new may come back
+    assert len(_get(http_port, "/patients")) == 1
+    assert len(_get(http_port, "/studies")) == 1
+    instances = len(_get(http_port, "/instances"))
+    assert instances == len(files) + 1 + len(files) + 1  # radiographs, SR, a CAM per radiograph, summary
+    status = node.status()
+    assert status["jobs"] == {"done": 1}  # the returning study was recognised, not read again
+    assert status["deliveries"] == {"sent": len(files) + 2}
