@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
-.PHONY: setup system-deps test weights ablation bench-phantom bench-inference preview-readme clean
+.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference preview-readme clean
 
 setup: $(STAMP) system-deps
 
@@ -24,6 +24,10 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null; \
 	  else echo "missing$$missing: install the Debian packages dcmtk, dicom3tools and orthanc"; exit 1; fi; \
 	fi
+
+# Starts the node on the embedded default: SQLite and files under ./var, the shipped demo weights.
+run: setup
+	$(VENV)/bin/avn-node serve --config config/avn-node.toml
 
 test: setup
 	$(VENV)/bin/ruff check avn_node tests benchmarks
