@@ -1,0 +1,79 @@
+"""Idle and force timers, and the case window measured from the case's first study (no chaining)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from avn_node.config import PipelineSettings
+from avn_node.group.scheduler import close_stable_studies, schedule_cases
+from avn_node.store.database import open_database
+from avn_node.store.models import Instance, InstanceState, Job, Study, StudyState
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+PIPELINE = PipelineSettings(study_idle_seconds=20, study_force_seconds=600, case_window_hours=24)
+
+
+@pytest.fixture
+def session(tmp_path: Path):
+    with open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")() as s:
+        yield s
+
+
+def _study(session: Session, uid: str, patient: str = "P1", taken: datetime = T0, first=T0, last=T0) -> Study:
+    study = Study(study_instance_uid=uid, patient_id=patient, study_datetime=taken, first_received_at=first,
+                  last_received_at=last)  # fmt: skip
+    session.add(study)
+    session.add(Instance(sop_instance_uid=f"{uid}.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+                         study_instance_uid=uid, series_instance_uid=f"{uid}.9", state=InstanceState.ACCEPTED,
+                         path="x", sha256="0" * 64, size_bytes=1))  # fmt: skip
+    session.flush()
+    return study
+
+
+def test_group_completes_study_after_idle_seconds(session: Session):
+    study = _study(session, "1.1", last=T0)
+    assert close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=19)) == []
+    assert close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=20)) == ["1.1"]
+    assert study.state == StudyState.COMPLETE
+
+
+def test_group_forces_study_after_force_seconds_while_instances_keep_arriving(session: Session):
+    now = T0 + timedelta(seconds=600)
+    _study(session, "1.2", first=T0, last=now - timedelta(seconds=1))
+    assert close_stable_studies(session, PIPELINE, now) == ["1.2"]
+
+
+def test_group_puts_studies_of_one_patient_within_window_into_one_case(session: Session):
+    a = _study(session, "1.3", taken=T0)
+    b = _study(session, "1.4", taken=T0 + timedelta(hours=3))
+    close_stable_studies(session, PIPELINE, T0 + timedelta(hours=1))
+    schedule_cases(session, PIPELINE)
+    assert a.case_id == b.case_id is not None
+    assert len(session.scalars(select(Job)).all()) == 1
+
+
+def test_group_measures_window_from_first_study_so_cases_never_chain(session: Session):
+    a = _study(session, "1.5", taken=T0)
+    b = _study(session, "1.6", taken=T0 + timedelta(hours=20))
+    c = _study(session, "1.7", taken=T0 + timedelta(hours=40))  # within 24 h of b, not of a
+    other = _study(session, "1.8", patient="P2", taken=T0)
+    close_stable_studies(session, PIPELINE, T0 + timedelta(days=3))
+    schedule_cases(session, PIPELINE)
+    assert a.case_id == b.case_id != c.case_id
+    assert other.case_id not in {a.case_id, c.case_id}
+
+
+def test_group_queues_one_version_at_a_time_and_nothing_without_new_images(session: Session):
+    study = _study(session, "1.9")
+    close_stable_studies(session, PIPELINE, T0 + timedelta(minutes=1))
+    assert len(schedule_cases(session, PIPELINE)) == 1
+    assert schedule_cases(session, PIPELINE) == []  # job still queued
+    job = session.scalars(select(Job)).one()
+    job.state = "done"
+    study.analysed_instances = 1
+    assert schedule_cases(session, PIPELINE) == []  # reported, no new image

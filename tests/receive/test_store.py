@@ -1,0 +1,86 @@
+"""The C-STORE handler's store step: durable file + row, refusals with named statuses, duplicates."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from avn_node.config import Settings
+from avn_node.receive.scp import Receiver
+from avn_node.receive.statuses import Refusal, Status
+from avn_node.store.database import open_database
+from avn_node.store.models import Instance, InstanceState, Study
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+                        security={"min_free_disk_mb": 1})  # fmt: skip
+    settings.tmp_dir.mkdir(parents=True)
+    return Receiver(settings, open_database(settings.database.url))
+
+
+def _incoming(receiver: Receiver, source: Path, name: str = "in.dcm") -> Path:
+    path = receiver.settings.tmp_dir / name
+    shutil.copyfile(source, path)
+    return path
+
+
+def test_store_moves_file_into_store_and_commits_row_before_success(receiver: Receiver, phantom_set: Path):
+    source = sorted(phantom_set.rglob("AP.dcm"))[0]
+    incoming = _incoming(receiver, source)
+    assert receiver.store(incoming, "MODALITY") == Status.SUCCESS
+    assert not incoming.exists()
+    with receiver.sessions() as s:
+        (row,) = s.scalars(select(Instance)).all()
+        assert Path(row.path).read_bytes() == source.read_bytes()
+        assert row.state == InstanceState.ACCEPTED and row.calling_ae_title == "MODALITY"
+        assert s.scalars(select(Study)).one().study_instance_uid == row.study_instance_uid
+
+
+def test_store_is_idempotent_for_identical_duplicate_and_keeps_both_when_bytes_differ(receiver, phantom_set):
+    source = sorted(phantom_set.rglob("AP.dcm"))[0]
+    assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS
+    assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS
+    changed = pydicom.dcmread(source)
+    changed.InstitutionName = "Elsewhere"
+    changed.save_as(receiver.settings.tmp_dir / "changed.dcm")
+    assert receiver.store(receiver.settings.tmp_dir / "changed.dcm", "A") == Status.SUCCESS
+    with receiver.sessions() as s:
+        rows = s.scalars(select(Instance)).all()
+    assert len(rows) == 2 and len({r.path for r in rows}) == 2 and len({r.sop_instance_uid for r in rows}) == 1
+
+
+def test_store_answers_out_of_resources_below_watermark(receiver: Receiver, phantom_set: Path):
+    receiver.settings.security.min_free_disk_mb = 1e12
+    outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
+    assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
+    assert "min_free_disk_mb" in outcome.comment
+
+
+def test_store_answers_out_of_resources_over_max_dataset_mb(receiver: Receiver, phantom_set: Path):
+    receiver.settings.security.max_dataset_mb = 0.001
+    outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
+    assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
+    assert "max_dataset_mb" in outcome.comment
+
+
+def test_store_answers_cannot_understand_for_unparsable_header(receiver: Receiver):
+    junk = receiver.settings.tmp_dir / "junk.dcm"
+    junk.write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 64)
+    outcome = receiver.store(junk, "A")
+    assert isinstance(outcome, Refusal) and outcome.status == Status.CANNOT_UNDERSTAND
+
+
+def test_store_keeps_non_radiograph_as_ignored(receiver: Receiver, phantom_set: Path):
+    ds = pydicom.dcmread(sorted(phantom_set.rglob("AP.dcm"))[0])
+    ds.Modality = "MR"
+    ds.save_as(receiver.settings.tmp_dir / "mr.dcm")
+    assert receiver.store(receiver.settings.tmp_dir / "mr.dcm", "A") == Status.SUCCESS
+    with receiver.sessions() as s:
+        assert s.scalars(select(Instance)).one().state == InstanceState.IGNORED
+        assert s.scalars(select(Study)).all() == []
