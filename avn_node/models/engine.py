@@ -108,6 +108,14 @@ def classifier_loss(model: AvnClassifier, crops: torch.Tensor, labels: dict[str,
     )
 
 
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on ``loss``; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffled batches; a last batch of one joins the one before (batch norm needs two samples)."""
     order = rng.permutation(n)
@@ -131,12 +139,7 @@ def train_detector_epoch(
     losses = []
     for idx in _batches(len(data.det_images), batch_size, rng):
         images, targets = detector_batch(data, idx, size, rng)
-        loss_dict = model(images, targets)
-        loss = sum(loss_dict.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_step(optimizer, sum(model(images, targets).values())))
         progress(len(idx))
     n = len(data.det_images)
     recalibrate_batch_norm(
@@ -224,11 +227,7 @@ def train_classifier_epoch(
     for pick in _batches(len(heads), batch_size, rng):
         idx = heads[pick]
         crops, labels = classifier_batch(data, idx, out_size, rng, scales[pick])
-        loss = classifier_loss(model, crops, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+        losses.append(_step(optimizer, classifier_loss(model, crops, labels)))
         progress(len(idx))
     n = len(data.crops)
     recalibrate_batch_norm(

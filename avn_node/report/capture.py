@@ -7,22 +7,18 @@ and a NOT FOR DIAGNOSTIC USE banner while demo weights are loaded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from avn_node.models.inference import HeadFinding, RadiographFinding
 from avn_node.models.pixels import normalise, presentation_values
 from avn_node.report.drawing import STAGE_COLOURS, STAGE_LABELS, banner, heat_colours, labelled_box
-from avn_node.report.identity import MANUFACTURER, Producer
-from avn_node.report.uids import derived_uid
+from avn_node.report.identity import Producer
+from avn_node.report.secondary import secondary_capture
 
 CAM_SERIES_NUMBER = 991
 MAX_SIDE_PIXELS = 1024
@@ -84,50 +80,26 @@ def render_overlay(source: Dataset, radiograph: RadiographFinding, demo: bool) -
     return np.asarray(image)
 
 
-def source_image_sequence(radiographs: Sequence[RadiographFinding]) -> DicomSequence:
-    """Source Image Sequence (0008,2112) naming the analysed radiographs."""
-    items = []
-    for r in radiographs:
-        item = Dataset()
-        item.ReferencedSOPClassUID = r.sop_class_uid
-        item.ReferencedSOPInstanceUID = r.sop_instance_uid
-        items.append(item)
-    return DicomSequence(items)
-
-
 def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_uid: str, producer: Producer) -> SCImage:
     """The CAM secondary capture of ``source`` (a full dataset with pixels) in ``target_study_uid``.
 
     Its UID depends on the study, the model and the source image only: the same image read by the same
     model keeps its secondary capture across result versions.
     """
-    pixels = render_overlay(source, radiograph, producer.demo)
-    sc = SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=derived_uid("cam-series", target_study_uid, producer.weights_sha256),
+    sc = secondary_capture(
+        source,
+        render_overlay(source, radiograph, producer.demo),
+        target_study_uid,
+        producer,
+        kind="cam-sc",
         series_number=CAM_SERIES_NUMBER,
-        sop_instance_uid=derived_uid("cam-sc", target_study_uid, producer.weights_sha256, source.SOPInstanceUID),
+        series_description="AVN-net heat maps",
+        uid_inputs=[str(source.SOPInstanceUID)],
         instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
-        patient_orientation=("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[producer.equipment()],
-        series_description="AVN-net heat maps" + (" (not for diagnostic use)" if producer.demo else ""),
-        manufacturer_model_name=producer.model_name,
-        software_versions=producer.software_versions,
+        sources=[radiograph],
+        derivation=f"{producer.model_name} {producer.model_version}: femoral head boxes, Ficat stage and "
+        "class-activation heat map drawn over the windowed radiograph",
     )
     sc.PatientOrientation = source.get("PatientOrientation") or ""
     sc.Laterality = source.get("Laterality", "")  # Type 2C: hips are paired
-    sc.BurnedInAnnotation = "YES"
-    sc.SourceImageSequence = source_image_sequence([radiograph])
-    sc.DerivationDescription = (
-        f"{producer.model_name} {producer.model_version}: femoral head boxes, Ficat stage and class-activation "
-        "heat map drawn over the windowed radiograph"
-    )[:1024]
-    if "SpecificCharacterSet" in source:
-        sc.SpecificCharacterSet = source.SpecificCharacterSet
     return sc

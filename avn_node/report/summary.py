@@ -6,14 +6,12 @@ import numpy as np
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from avn_node.ground_truth import Side
 from avn_node.models.inference import CaseFinding, HeadFinding
-from avn_node.report.capture import source_image_sequence
 from avn_node.report.drawing import STAGE_COLOURS, STAGE_LABELS, banner, font
-from avn_node.report.identity import MANUFACTURER, Producer
-from avn_node.report.uids import derived_uid
+from avn_node.report.identity import Producer
+from avn_node.report.secondary import secondary_capture
 
 SUMMARY_SERIES_NUMBER = 992
 WIDTH, HEIGHT = 1280, 800
@@ -101,31 +99,19 @@ def build_summary(
     case: CaseFinding, reference: Dataset, target_study_uid: str, producer: Producer, analysed: list[str], version: int
 ) -> SCImage:
     """The summary image of ``case`` for ``target_study_uid``; ``reference`` is an instance of that study."""
-    sc = SCImage.from_ref_dataset(
-        ref_dataset=reference,
-        pixel_array=render_summary(case, producer.demo),
-        photometric_interpretation="RGB",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=derived_uid("summary-series", target_study_uid, producer.weights_sha256),
+    sc = secondary_capture(
+        reference,
+        render_summary(case, producer.demo),
+        target_study_uid,
+        producer,
+        kind="summary-sc",
         series_number=SUMMARY_SERIES_NUMBER,
-        sop_instance_uid=derived_uid(
-            "summary-sc", target_study_uid, producer.weights_sha256, *sorted(analysed), version
-        ),
+        series_description="AVN-net summary",
+        uid_inputs=[*sorted(analysed), version],
         instance_number=version,
-        manufacturer=MANUFACTURER,
-        patient_orientation=("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[producer.equipment()],
-        series_description="AVN-net summary" + (" (not for diagnostic use)" if producer.demo else ""),
-        manufacturer_model_name=producer.model_name,
-        software_versions=producer.software_versions,
+        sources=case.radiographs,
+        derivation=f"Table of the findings of {producer.model_name} {producer.model_version}",
     )
     sc.PatientOrientation = ""  # a table has no patient orientation
     sc.Laterality = ""  # Type 2C; the table covers both hips, which General Series cannot say
-    sc.BurnedInAnnotation = "YES"
-    sc.SourceImageSequence = source_image_sequence(case.radiographs)
-    sc.DerivationDescription = f"Table of the findings of {producer.model_name} {producer.model_version}"
-    if "SpecificCharacterSet" in reference:
-        sc.SpecificCharacterSet = reference.SpecificCharacterSet
     return sc
