@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
-.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference preview-readme clean
+.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -30,7 +30,7 @@ run: setup
 	$(VENV)/bin/avn-node serve --config config/avn-node.toml
 
 test: setup
-	$(VENV)/bin/ruff check avn_node tests benchmarks
+	$(VENV)/bin/ruff check avn_node tests benchmarks docs
 	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 # Reproduces the shipped demo weights (models/avn-demo-v1) and their evaluation; PROFILE=cpu takes about
@@ -58,6 +58,10 @@ bench-phantom: setup
 preview-readme: setup
 	rm -rf build/preview && $(VENV)/bin/avn-node phantom --out build/preview --studies 16 --seed 2026 --preview
 	mkdir -p docs/img && cp build/preview/preview.png docs/img/phantom-preview.png
+
+# Regenerates the pictures of returned secondary captures shown in the README.
+preview-results: setup
+	$(PY) docs/preview_results.py $(WEIGHTS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
