@@ -52,7 +52,10 @@ class ClassifierOutput:
 
 
 class AvnClassifier(nn.Module):
-    """ResNet-18 (random init, one grey input channel) with four task heads on the pooled features."""
+    """ResNet-18 (random init, one grey input channel) with four task heads on the pooled features.
+
+    The stage logits are divided by ``stage_temperature`` (1 while training; fitted afterwards).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,6 +67,8 @@ class AvnClassifier(nn.Module):
         self.side = nn.Linear(width, len(SIDE_CLASSES))
         self.stage = nn.Linear(width, len(STAGES))
         self.notes = nn.Linear(width, len(NOTES))
+        # Temperature of the stage logits, fitted on the validation split after training (Guo et al. 2017).
+        self.register_buffer("stage_temperature", torch.ones(()))
 
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
         features = self.trunk(x)
@@ -71,7 +76,7 @@ class AvnClassifier(nn.Module):
         return ClassifierOutput(
             view=self.view(pooled),
             side=self.side(pooled),
-            stage=self.stage(pooled),
+            stage=self.stage(pooled) / self.stage_temperature,
             notes=self.notes(pooled),
             features=features,
         )

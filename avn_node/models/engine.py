@@ -257,3 +257,27 @@ def validate_classifier(model: AvnClassifier, data: PreparedSet, out_size: int) 
         losses.append(float(classifier_loss(model, crops, labels)))
         weights.append(len(idx))
     return float(np.average(losses, weights=weights)) if losses else float("nan")
+
+
+@torch.inference_mode()
+def fit_temperature(model: AvnClassifier, data: PreparedSet, out_size: int) -> float:
+    """The stage temperature minimising the negative log-likelihood of the truth on ``data``, with the
+    probabilities averaged over the five paper scales as inference does (temperature scaling, Guo et al. 2017).
+    """
+    model.eval()
+    model.stage_temperature.fill_(1.0)
+    logits = []
+    for scale in np.linspace(0.85, 1.05, 5):
+        per_scale = []
+        for start in range(0, len(data.crops), 64):
+            idx = np.arange(start, min(start + 64, len(data.crops)))
+            crops, _ = classifier_batch(data, idx, out_size, None, np.full(len(idx), scale))
+            per_scale.append(model(crops).stage)
+        logits.append(torch.cat(per_scale))
+    stacked = torch.stack(logits)  # (scales, heads, stages)
+    truth = torch.from_numpy(data.stage)
+    grid = torch.exp(torch.linspace(np.log(0.25), np.log(4.0), 121))
+    nll = [
+        -torch.log((stacked / t).softmax(-1).mean(0).gather(1, truth[:, None]).clamp_min(1e-12)).mean() for t in grid
+    ]
+    return float(grid[int(torch.argmin(torch.stack(nll)))])

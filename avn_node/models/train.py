@@ -1,6 +1,7 @@
 """``avn-node train``: detector, then classifier, from a ground-truthed folder; seeded and resumable.
 
 Adam with weight decay 5e-4, learning rate halved when the validation figure plateaus (paper §III.C).
+After training, the stage head's temperature is fitted on the validation split.
 A checkpoint after every epoch (``checkpoints/``) lets an interrupted run continue where it stopped.
 """
 
@@ -20,6 +21,7 @@ from avn_node.models.classifier import AvnClassifier
 from avn_node.models.dataset import PreparedSet, prepare, split_patients
 from avn_node.models.detector import build_detector
 from avn_node.models.engine import (
+    fit_temperature,
     train_classifier_epoch,
     train_detector_epoch,
     validate_classifier,
@@ -177,6 +179,8 @@ def train(
         work_per_epoch=len(train_set.crops) * preset.crops_per_head,
         progress=progress,
     )
+    temperature = fit_temperature(classifier, val_set, preset.crop_size)
+    classifier.stage_temperature.fill_(temperature)
     truth = GroundTruth.load(data)
     meta: dict[str, Any] = {
         "name": MODEL_NAME,
@@ -194,6 +198,7 @@ def train(
             "training_patients": len(train_ids),
             "validation_patients": len(val_ids),
         },
+        "calibration": {"stage_temperature": temperature, "fitted_on": "validation split"},
         "history": {"detector": det_history, "classifier": cls_history},
     }
     save_weights(out, detector, classifier, meta)
