@@ -23,6 +23,7 @@ SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(
 HEAD_OF_FEMUR = codes.SCT.HeadOfFemur
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
+NOT_EVALUATED = codes.SCT.NotEvaluated
 COMMENT = codes.DCM.Comment
 ARTIFICIAL_INTELLIGENCE = codes.DCM.ArtificialIntelligence
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment

@@ -19,6 +19,7 @@ from highdicom.sr import (
     ImageRegion,
     Measurement,
     MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
@@ -121,6 +122,20 @@ def hip_group(hip: HipFinding, case: CaseFinding, producer: Producer) -> PlanarR
     return head_group(hip.head, decider, producer, "case", [by_uid[uid] for uid in hip.sources])
 
 
+def not_evaluated_group(target_study_uid: str, producer: Producer) -> MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group for a study where no femoral head could be read: AVN "not evaluated" (TID 1500 needs
+    one group; the remarks say why).
+    """
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derived_uid("tracking", target_study_uid, "not-evaluated"), identifier="FH not found"
+        ),
+        finding_type=codes.AVN,
+        algorithm_id=producer.algorithm(),
+        qualitative_evaluations=[QualitativeEvaluation(codes.AVN, codes.NOT_EVALUATED)],
+    )
+
+
 def _text(value: str) -> TextContentItem:
     return TextContentItem(name=codes.COMMENT, value=value, relationship_type=RelationshipTypeValues.CONTAINS)
 
@@ -176,10 +191,12 @@ def build_sr(
         for head in r.heads
     ]
     groups += [hip_group(hip, case, producer) for hip in case.hips]
+    if not groups:
+        groups = [not_evaluated_group(target_study_uid, producer)]
     report = MeasurementReport(
         observation_context=producer.observer(),
         procedure_reported=codes.PLAIN_XRAY_OF_HIP,
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
     report[0].ContentSequence.append(_remarks(case, producer))

@@ -161,3 +161,14 @@ def test_sr_says_when_an_image_shows_no_head_or_cannot_be_decoded(one_study_case
     assert any(expected in t and radiographs[0].sop_instance_uid in t for t in texts)
     assert dciodvfy_errors(_save(sr, tmp_path / "sr.dcm")) == []
     assert pydicom.dcmread(tmp_path / "sr.dcm").SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_sr_for_case_without_any_head_says_not_evaluated(one_study_case, tmp_path: Path):
+    case, sources = one_study_case
+    radiographs = tuple(_unread(r, "") for r in case.radiographs)
+    empty = CaseFinding(radiographs=radiographs, hips=(), model=case.model)
+    sr = _sr((empty, sources))
+    tree = _dsrdump(_save(sr, tmp_path / "sr.dcm"))
+    assert '"Tracking Identifier")="FH not found"' in tree and '(373121007,SCT,"Not Evaluated")' in tree
+    assert tree.count("No femoral head was found") == len(radiographs)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
