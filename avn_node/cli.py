@@ -248,11 +248,16 @@ def _peer(text: str, option: str):  # noqa: ANN202
 def serve(config: ConfigOption = None) -> None:
     """Run the node: SCP, grouping, analysis, reporting and dispatch in one process (DESIGN §3)."""
     from avn_node.logs import configure_logging
+    from avn_node.models.weights import WeightsError
     from avn_node.serve import serve as run_node
 
     settings = _settings(config)
     configure_logging(settings.logging.level, settings.logging.json_logs)
-    run_node(settings)
+    try:
+        run_node(settings)
+    except WeightsError as exc:
+        typer.echo(f'Error: key "models.dir": {exc}', err=True)
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()
@@ -286,13 +291,22 @@ def send(
     calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "AVN_NODE",
 ) -> None:
     """C-STORE files to a DICOM peer."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     from avn_node.dispatch.sender import send_files
     from avn_node.offline import dicom_files
 
     destination = _peer(to, "--to").model_copy(update={"calling_ae_title": calling_aet})
-    files = dicom_files(paths)
+    files = []
+    for path in dicom_files(paths):
+        try:
+            pydicom.dcmread(path, stop_before_pixels=True)
+            files.append(path)
+        except (InvalidDicomError, OSError):
+            typer.echo(f"skipped {path}: not a DICOM file")
     if not files:
-        raise typer.BadParameter("no files found", param_hint="PATHS")
+        raise typer.BadParameter("no DICOM files found", param_hint="PATHS")
     outcome = send_files(destination, files)
     failed = {p: e for p, e in outcome.items() if e}
     for path, error in failed.items():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "avn-node.toml"
@@ -20,18 +20,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _ae_title(value: str) -> str:
+    """PS3.5 AE VR: 1 to 16 characters, no backslash, not only spaces."""
+    if not 0 < len(value.strip()) <= 16 or "\\" in value:
+        raise ValueError("an AE title has 1 to 16 characters and no backslash")
+    return value.strip()
+
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+
+
 class NodeSettings(_Section):
-    ae_title: str = "AVN_NODE"
+    ae_title: AETitle = "AVN_NODE"
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     data_dir: Path = Path("var")
-
-    @field_validator("ae_title")
-    @classmethod
-    def _ae_title(cls, value: str) -> str:
-        if not 0 < len(value.strip()) <= 16 or "\\" in value:
-            raise ValueError("an AE title has 1 to 16 characters and no backslash")
-        return value.strip()
 
 
 class DatabaseSettings(_Section):
@@ -105,10 +108,10 @@ class Destination(_Section):
     """One archive results are sent to (C-STORE SCU)."""
 
     name: str
-    ae_title: str
+    ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
-    calling_ae_title: str = "AVN_NODE"
+    calling_ae_title: AETitle = "AVN_NODE"
     tls: bool = False
 
 

@@ -6,7 +6,6 @@ case gets its result set under ``OUT/<Study Instance UID>/``.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,14 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from avn_node.models.inference import Analyzer, CaseFinding
+from avn_node.receive.scp import RADIOGRAPH_CLASSES
 from avn_node.report.results import build_result_sets
-
-RADIOGRAPH_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
-    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-}
-UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+from avn_node.store.files import InvalidUidError, checked_uid
 
 
 @dataclass
@@ -37,7 +31,7 @@ class OfflineRun:
 
 
 def dicom_files(paths: Iterable[Path]) -> list[Path]:
-    """Every file under the given files and folders, sorted."""
+    """Every file under the given files and folders, sorted (callers decide which are DICOM)."""
     files: list[Path] = []
     for path in paths:
         files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
@@ -45,7 +39,11 @@ def dicom_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _patient_key(ds: Dataset) -> tuple[str, str]:
-    return str(ds.get("PatientID", "")), str(ds.get("IssuerOfPatientID", ""))
+    """Patient ID + Issuer; a study without Patient ID is a case of its own."""
+    patient = str(ds.get("PatientID", "") or "")
+    if not patient:
+        return "", str(ds.StudyInstanceUID)
+    return patient, str(ds.get("IssuerOfPatientID", ""))
 
 
 def analyze(paths: Iterable[Path], out: Path, analyzer: Analyzer, summary_image: bool = True) -> OfflineRun:
@@ -61,9 +59,13 @@ def analyze(paths: Iterable[Path], out: Path, analyzer: Analyzer, summary_image:
         uid = str(ds.get("SOPInstanceUID", ""))
         if str(ds.get("SOPClassUID", "")) not in RADIOGRAPH_CLASSES:
             run.skipped[path] = f"not a CR or DX image (SOP Class {ds.get('SOPClassUID', 'missing')})"
-        elif not UID_PATTERN.match(uid) or not UID_PATTERN.match(str(ds.get("StudyInstanceUID", ""))):
-            run.skipped[path] = "SOP Instance UID or Study Instance UID missing or malformed"
         else:
+            try:
+                checked_uid(uid, "SOP Instance UID")
+                checked_uid(ds.get("StudyInstanceUID"), "Study Instance UID")
+            except InvalidUidError as exc:
+                run.skipped[path] = str(exc)
+                continue
             by_patient[_patient_key(ds)][uid] = ds
     for sources in by_patient.values():
         case = analyzer.analyse_case(list(sources.values()))

@@ -51,18 +51,21 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     running: Future[None] | None = None
     try:
         while not stop.is_set():
-            with sessions() as session:
-                close_stable_studies(session, settings.pipeline, utcnow())
-                if analyzer is not None:
-                    schedule_cases(session, settings.pipeline)
-                session.commit()
-            if analyzer is not None and (running is None or running.done()):
+            try:
                 with sessions() as session:
-                    job = claim_job(session, settings.queue.lease_seconds)
-                if job is not None:
-                    running = pool.submit(run_job, settings, sessions, analyzer, job.id)
-            if settings.destinations:
-                dispatch_due(settings, sessions)
+                    close_stable_studies(session, settings.pipeline, utcnow())
+                    if analyzer is not None:
+                        schedule_cases(session, settings.pipeline)
+                    session.commit()
+                if analyzer is not None and (running is None or running.done()):
+                    with sessions() as session:
+                        job = claim_job(session, settings.queue.lease_seconds)
+                    if job is not None:
+                        running = pool.submit(run_job, settings, sessions, analyzer, job.id)
+                if settings.destinations:
+                    dispatch_due(settings, sessions)
+            except Exception:  # noqa: BLE001 - the database holds the work; the next tick tries again
+                log.exception("scheduler tick failed; retrying")
             stop.wait(TICK_SECONDS)
     finally:
         log.info("stopping: no new associations; finishing the running job")

@@ -35,3 +35,10 @@ def test_cli_serve_exits_2_on_bad_config(tmp_path: Path):
         [sys.executable, "-m", "avn_node", "serve", "--config", str(bad)], capture_output=True, text=True
     )
     assert proc.returncode == 2 and '"node.port"' in proc.stderr
+
+
+def test_config_rejects_destination_ae_title_over_16_characters(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[destinations]]\nname = "a"\nae_title = "A_VERY_LONG_AE_TITLE"\nhost = "h"\nport = 104\n')
+    with pytest.raises(ConfigError, match=r'"destinations\.0\.ae_title"'):
+        load_settings(bad)

@@ -40,16 +40,24 @@ MAX_ATTEMPTS = 3
 
 
 def claim_job(session: Session, lease_seconds: float) -> Job | None:
-    """The oldest queued job, or a running one whose lease ran out; leased to the caller."""
+    """The oldest queued job, or a running one whose lease ran out; leased to the caller.
+
+    A job that already had :data:`MAX_ATTEMPTS` (e.g. it killed the process each time) is failed instead.
+    """
     now = utcnow()
-    job = session.scalars(
-        select(Job)
-        .where((Job.state == JobState.QUEUED) | ((Job.state == JobState.RUNNING) & (Job.lease_until < now)))
-        .order_by(Job.id)
-        .limit(1)
-    ).first()
-    if job is None:
-        return None
+    while True:
+        job = session.scalars(
+            select(Job)
+            .where((Job.state == JobState.QUEUED) | ((Job.state == JobState.RUNNING) & (Job.lease_until < now)))
+            .order_by(Job.id)
+            .limit(1)
+        ).first()
+        if job is None:
+            return None
+        if job.attempts < MAX_ATTEMPTS:
+            break
+        _fail(session, job, job.error or f"gave up after {job.attempts} attempts")
+        session.commit()
     job.state = JobState.RUNNING
     job.attempts += 1
     job.lease_until = now + timedelta(seconds=lease_seconds)
@@ -57,8 +65,8 @@ def claim_job(session: Session, lease_seconds: float) -> Job | None:
     return job
 
 
-def _case_sources(session: Session, case: Case) -> tuple[dict[str, Dataset], dict[str, int]]:
-    """Full datasets of the case's accepted radiographs (latest copy per SOP Instance UID), and counts per study."""
+def _case_instances(session: Session, case: Case) -> dict[str, Instance]:
+    """The case's accepted radiographs: the latest copy per SOP Instance UID."""
     studies = session.scalars(select(Study).where(Study.case_id == case.id)).all()
     rows = session.scalars(
         select(Instance)
@@ -68,20 +76,38 @@ def _case_sources(session: Session, case: Case) -> tuple[dict[str, Dataset], dic
         )
         .order_by(Instance.id)
     ).all()
-    latest = {row.sop_instance_uid: row for row in rows}
-    sources = {uid: pydicom.dcmread(row.path) for uid, row in latest.items()}
+    return {row.sop_instance_uid: row for row in rows}
+
+
+def _mark_analysed(session: Session, case: Case, instances: dict[str, Instance]) -> None:
+    """Record how many images of each study this version covered: only newer images queue another."""
     counts: dict[str, int] = {}
-    for row in latest.values():
+    for row in instances.values():
         counts[row.study_instance_uid] = counts.get(row.study_instance_uid, 0) + 1
-    return sources, counts
+    for study in session.scalars(select(Study).where(Study.case_id == case.id)):
+        study.analysed_instances = counts.get(study.study_instance_uid, 0)
+
+
+def _fail(session: Session, job: Job, error: str) -> None:
+    job.state = JobState.FAILED
+    job.error = error[:2000]
+    job.finished_at = utcnow()
+    case = session.get(Case, job.case_id)
+    if case is not None:
+        case.state = CaseState.FAILED
+        _mark_analysed(session, case, _case_instances(session, case))
+    session.add(Event(kind="job.failed", subject=str(job.id), detail=job.error))
 
 
 def _previous_srs(session: Session, case: Case, version: int) -> dict[str, list[Dataset]]:
-    """The SR of the version before, per study (Predecessor Documents Sequence)."""
+    """Per study, the latest SR of an earlier version (Predecessor Documents Sequence)."""
     rows = session.scalars(
-        select(Result).where(Result.case_id == case.id, Result.kind == "sr", Result.version == version - 1)
+        select(Result)
+        .where(Result.case_id == case.id, Result.kind == "sr", Result.version < version, Result.purged.is_(False))
+        .order_by(Result.version)
     ).all()
-    return {row.study_instance_uid: [pydicom.dcmread(row.path, stop_before_pixels=True)] for row in rows}
+    latest = {row.study_instance_uid: row for row in rows}
+    return {study: [pydicom.dcmread(row.path, stop_before_pixels=True)] for study, row in latest.items()}
 
 
 def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analyzer, job_id: int) -> None:
@@ -93,7 +119,8 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analy
         case = session.get(Case, job.case_id)
         assert case is not None
         try:
-            sources, counts = _case_sources(session, case)
+            instances = _case_instances(session, case)
+            sources = {uid: pydicom.dcmread(row.path) for uid, row in instances.items()}
             finding = analyzer.analyse_case(list(sources.values()))
             sets = build_result_sets(
                 finding, sources, job.version, _previous_srs(session, case, job.version),
@@ -121,8 +148,7 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analy
             for row in new_results:
                 for destination in settings.destinations:
                     session.add(Delivery(result_id=row.id, destination=destination.name))
-            for study in session.scalars(select(Study).where(Study.case_id == case.id)):
-                study.analysed_instances = counts.get(study.study_instance_uid, 0)
+            _mark_analysed(session, case, instances)
             case.state = CaseState.REPORTED
             job.state = JobState.DONE
             job.finished_at = utcnow()
@@ -135,12 +161,12 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analy
             session.rollback()
             job = session.get(Job, job_id)
             assert job is not None
-            job.error = f"{type(exc).__name__}: {exc}"[:2000]
-            job.state = JobState.QUEUED if job.attempts < MAX_ATTEMPTS else JobState.FAILED
-            if job.state == JobState.FAILED:
-                case = session.get(Case, job.case_id)
-                if case is not None:
-                    case.state = CaseState.FAILED
-            session.add(Event(kind="job.failed", subject=str(job.id), detail=job.error))
+            error = f"{type(exc).__name__}: {exc}"
+            if job.attempts < MAX_ATTEMPTS:
+                job.state = JobState.QUEUED
+                job.error = error[:2000]
+                session.add(Event(kind="job.retry", subject=str(job.id), detail=job.error))
+            else:
+                _fail(session, job, error)
             session.commit()
             log.exception("job %d (case %d) failed, attempt %d", job.id, job.case_id, job.attempts)

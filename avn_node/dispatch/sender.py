@@ -36,21 +36,32 @@ def send_files(destination: Destination, paths: list[Path], timeout: float = 30)
 
     Proposes, per SOP class, the file's own transfer syntax and both uncompressed ones.
     """
-    headers = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in paths}
+    outcome: dict[Path, str] = {}
     syntaxes: dict[str, set[str]] = defaultdict(lambda: {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-    for ds in headers.values():
-        syntaxes[str(ds.SOPClassUID)].add(str(ds.file_meta.TransferSyntaxUID))
+    readable = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            syntaxes[str(ds.SOPClassUID)].add(str(ds.file_meta.TransferSyntaxUID))
+            readable.append(path)
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable file fails alone
+            outcome[path] = f"cannot read the file: {type(exc).__name__}: {exc}"
+    if not readable:
+        return outcome
     ae = AE(ae_title=destination.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.requested_contexts = [build_context(sop, sorted(ts)) for sop, ts in syntaxes.items()]
-    outcome = {p: "association failed" for p in paths}
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or aborted)"
-        return dict.fromkeys(paths, reason)
+        return {**outcome, **dict.fromkeys(readable, reason)}
     try:
-        for path in paths:
-            status = assoc.send_c_store(path)
+        for path in readable:
+            try:
+                status = assoc.send_c_store(path)
+            except Exception as exc:  # noqa: BLE001 - e.g. the peer accepted no context for this SOP class
+                outcome[path] = f"not sent: {type(exc).__name__}: {exc}"
+                continue
             code = getattr(status, "Status", None)
             if code is None:
                 outcome[path] = "no response (association aborted or timed out)"
@@ -81,7 +92,10 @@ def dispatch_due(settings: Settings, sessions: sessionmaker[Session]) -> int:
             if destination is None:
                 outcome = {Path(d.result.path): f'destination "{name}" is no longer configured' for d in deliveries}
             else:
-                outcome = send_files(destination, [Path(d.result.path) for d in deliveries])
+                outcome = send_files(destination, [Path(d.result.path) for d in deliveries if not d.result.purged])
+                outcome.update(
+                    {Path(d.result.path): "result purged by retention" for d in deliveries if d.result.purged}
+                )
             for delivery in deliveries:
                 error = outcome[Path(delivery.result.path)]
                 delivery.attempts += 1

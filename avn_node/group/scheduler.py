@@ -41,12 +41,19 @@ def _anchor(study: Study) -> datetime:
 
 
 def _case_for(session: Session, study: Study, window: timedelta) -> Case:
-    """The patient's case whose first study lies within the window of this one, or a new case."""
-    candidates = session.scalars(
-        select(Case)
-        .where(Case.patient_id == study.patient_id, Case.issuer_of_patient_id == study.issuer_of_patient_id)
-        .order_by(Case.id)
-    ).all()
+    """The patient's case whose first study lies within the window of this one, or a new case.
+
+    A study without Patient ID always gets a case of its own: anonymous studies are never fused.
+    """
+    candidates = (
+        []
+        if not study.patient_id
+        else session.scalars(
+            select(Case)
+            .where(Case.patient_id == study.patient_id, Case.issuer_of_patient_id == study.issuer_of_patient_id)
+            .order_by(Case.id)
+        ).all()
+    )
     for case in candidates:
         if case.anchor_datetime is not None and abs(_anchor(study) - case.anchor_datetime) <= window:
             return case

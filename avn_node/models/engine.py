@@ -17,7 +17,7 @@ from torchvision.ops import box_iou, roi_align
 from avn_node.models.classifier import AvnClassifier, focal_loss
 from avn_node.models.dataset import CACHE_SCALE, PreparedSet
 from avn_node.models.detector import FEMORAL_HEAD_LABEL, to_detector_input
-from avn_node.models.transforms import standardise
+from avn_node.models.transforms import CROP_SCALES, standardise
 
 Progress = Callable[[int], None]
 BN_BATCHES = 12
@@ -267,7 +267,7 @@ def fit_temperature(model: AvnClassifier, data: PreparedSet, out_size: int) -> f
     model.eval()
     model.stage_temperature.fill_(1.0)
     logits = []
-    for scale in np.linspace(0.85, 1.05, 5):
+    for scale in CROP_SCALES:
         per_scale = []
         for start in range(0, len(data.crops), 64):
             idx = np.arange(start, min(start + 64, len(data.crops)))

@@ -35,12 +35,6 @@ class Letterbox:
         s = self.scale
         return ((x0 - self.pad_x) / s, (y0 - self.pad_y) / s, (x1 - self.pad_x) / s, (y1 - self.pad_y) / s)
 
-    def to_letterbox(self, box: Box) -> Box:
-        """An image box in letterbox pixels."""
-        x0, y0, x1, y1 = box
-        s = self.scale
-        return (x0 * s + self.pad_x, y0 * s + self.pad_y, x1 * s + self.pad_x, y1 * s + self.pad_y)
-
 
 def letterbox(
     image: torch.Tensor, size: int, offset: tuple[float, float] = (0.5, 0.5)

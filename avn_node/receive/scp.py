@@ -87,7 +87,9 @@ class Receiver:
         sha = sha256_of(path)
         routed = self.routed(ds)
         with self.sessions() as session:
-            known = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop)).all()
+            known = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == sop, Instance.state != InstanceState.PURGED)
+            ).all()
         if any(i.sha256 == sha for i in known):
             log.info("duplicate instance %s from %s: identical bytes, already stored", sop, calling_ae)
             return Status.SUCCESS

@@ -90,17 +90,20 @@ def head_group(
     producer: Producer,
     label: str,
     referenced: Sequence[RadiographFinding] = (),
+    tracking_key: str = "",
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """A TID 1410 group for one head; ``label`` completes the tracking identifier (``FH-L AP``, ``FH-L case``).
 
-    The tracking UID depends only on the source image, side and label, so it is stable across versions.
+    The tracking UID depends on ``tracking_key`` (default: the source image), side and label only, so it is
+    stable across versions.
     """
     identifier = f"FH-{head.side.value} {label}"
     source = SourceImageForRegion(radiograph.sop_class_uid, radiograph.sop_instance_uid)
     refs = [SourceImageForMeasurement(r.sop_class_uid, r.sop_instance_uid) for r in referenced] or None
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=derived_uid("tracking", radiograph.sop_instance_uid, head.side.value, label), identifier=identifier
+            uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
+            identifier=identifier,
         ),
         referenced_region=ImageRegion(
             graphic_type=GraphicTypeValues.POLYLINE,
@@ -115,11 +118,17 @@ def head_group(
     )
 
 
-def hip_group(hip: HipFinding, case: CaseFinding, producer: Producer) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The case-level group of one hip: the deciding head's box, referencing every image showing that hip."""
+def hip_group(
+    hip: HipFinding, case: CaseFinding, producer: Producer, target_study_uid: str
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The case-level group of one hip: the deciding head's box, referencing every image showing that hip.
+
+    Its tracking UID follows the study and side, not the deciding image, so it survives new versions.
+    """
     by_uid = {r.sop_instance_uid: r for r in case.radiographs}
     decider = by_uid[hip.decided_by]
-    return head_group(hip.head, decider, producer, "case", [by_uid[uid] for uid in hip.sources])
+    refs = [by_uid[uid] for uid in hip.sources]
+    return head_group(hip.head, decider, producer, "case", refs, tracking_key=target_study_uid)
 
 
 def not_evaluated_group(target_study_uid: str, producer: Producer) -> MeasurementsAndQualitativeEvaluations:
@@ -190,7 +199,7 @@ def build_sr(
         if str(sources[r.sop_instance_uid].StudyInstanceUID) == target_study_uid
         for head in r.heads
     ]
-    groups += [hip_group(hip, case, producer) for hip in case.hips]
+    groups += [hip_group(hip, case, producer, target_study_uid) for hip in case.hips]
     if not groups:
         groups = [not_evaluated_group(target_study_uid, producer)]
     report = MeasurementReport(

@@ -45,17 +45,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs_durably(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, fsyncing the parent of each folder created."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        fsync_dir(path.parent)
+
+
 def durable_move(source: Path, destination: Path) -> None:
     """fsync ``source``, rename it to ``destination`` (same filesystem) and fsync the destination folder."""
     fsync_file(source)
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(destination.parent)
     os.replace(source, destination)
     fsync_dir(destination.parent)
 
 
 def durable_write(data: bytes, destination: Path) -> None:
     """Write ``data`` beside ``destination``, then :func:`durable_move` it into place."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(destination.parent)
     tmp = destination.with_name(f".{destination.name}.tmp")
     tmp.write_bytes(data)
     durable_move(tmp, destination)

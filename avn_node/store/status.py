@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from avn_node.store.models import Case, Delivery, DeliveryState, Instance, Job, JobState, Result, Study
+from avn_node.store.models import Case, Delivery, DeliveryState, Instance, Job, Result, Study
 
 RECENT = 20
 
@@ -40,7 +40,6 @@ def node_status(session: Session) -> dict[str, Any]:
         "cases": _counts(session, Case.state),
         "jobs": _counts(session, Job.state),
         "deliveries": _counts(session, Delivery.state),
-        "queued_jobs": int(session.scalar(select(func.count()).where(Job.state == JobState.QUEUED)) or 0),
         "failures": failures,
         "results": results,
     }

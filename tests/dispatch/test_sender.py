@@ -55,3 +55,9 @@ def test_dispatch_dead_letters_after_give_up_hours_and_retry_requeues(tmp_path: 
         assert old.state == DeliveryState.DEAD
         assert retry_deliveries(s, None) == 1
         assert s.get(Delivery, ids[1]).state == DeliveryState.PENDING
+
+
+def test_send_files_reports_a_missing_file_without_raising(tmp_path: Path):
+    missing = tmp_path / "gone.dcm"
+    outcome = send_files(Destination(name="x", ae_title="NOBODY", host="127.0.0.1", port=free_port()), [missing], 5)
+    assert outcome[missing].startswith("cannot read the file")

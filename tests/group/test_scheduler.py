@@ -77,3 +77,25 @@ def test_group_queues_one_version_at_a_time_and_nothing_without_new_images(sessi
     job.state = "done"
     study.analysed_instances = 1
     assert schedule_cases(session, PIPELINE) == []  # reported, no new image
+
+
+def test_group_never_fuses_studies_without_patient_id(session: Session):
+    a = _study(session, "2.1", patient="")
+    b = _study(session, "2.2", patient="", taken=T0 + timedelta(minutes=5))
+    close_stable_studies(session, PIPELINE, T0 + timedelta(hours=1))
+    schedule_cases(session, PIPELINE)
+    assert a.case_id is not None and b.case_id is not None and a.case_id != b.case_id
+
+
+def test_group_does_not_requeue_a_failed_case_without_new_images(session: Session):
+    from avn_node.analyse.worker import MAX_ATTEMPTS, claim_job
+
+    _study(session, "2.3")
+    close_stable_studies(session, PIPELINE, T0 + timedelta(minutes=1))
+    schedule_cases(session, PIPELINE)
+    job = session.scalars(select(Job)).one()
+    job.attempts = MAX_ATTEMPTS  # it crashed the process every time
+    session.commit()
+    assert claim_job(session, 600) is None
+    assert job.state == "failed"
+    assert schedule_cases(session, PIPELINE) == []

@@ -84,3 +84,17 @@ def test_store_keeps_non_radiograph_as_ignored(receiver: Receiver, phantom_set: 
     with receiver.sessions() as s:
         assert s.scalars(select(Instance)).one().state == InstanceState.IGNORED
         assert s.scalars(select(Study)).all() == []
+
+
+def test_store_accepts_again_an_instance_whose_file_was_purged(receiver: Receiver, phantom_set: Path):
+    source = sorted(phantom_set.rglob("AP.dcm"))[0]
+    assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS
+    with receiver.sessions() as s:
+        row = s.scalars(select(Instance)).one()
+        Path(row.path).unlink()
+        row.state = InstanceState.PURGED
+        s.commit()
+    assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS
+    with receiver.sessions() as s:
+        states = sorted(r.state for r in s.scalars(select(Instance)))
+    assert states == ["accepted", "purged"]
