@@ -86,7 +86,8 @@ def main() -> None:
         "",
         f"Classifier only, truth boxes, {args.epochs} epochs each, {preset.crop_size}² crops; "
         f"{len(train.crops)} training heads, {len(test.crops)} held-out heads. "
-        "Command: `python -m benchmarks.resampling_ablation`.",
+        "Command: `python -m benchmarks.resampling_ablation`. Equal epochs, as in the paper: N = 5 sees five "
+        "times the crops per epoch, so this is not compute-matched.",
         "",
         "| training crops per head | test-time scales | macro F1 | AUC absence / II / III / IV | training min |",
         "|---|---|---|---|---|",
