@@ -22,19 +22,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.config import Settings
+from avn_node.receive import RADIOGRAPH_CLASSES
 from avn_node.receive.statuses import Refusal, Status
 from avn_node.store.files import InvalidUidError, checked_uid, durable_move, instance_path, sha256_of
 from avn_node.store.models import Event, Instance, InstanceState, Study, StudyState, utcnow
 
 log = logging.getLogger("avn_node.receive")
 
-RADIOGRAPH_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
-        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
-    }
-)
 
 
 def study_datetime(ds: Dataset) -> datetime | None:

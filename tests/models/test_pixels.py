@@ -11,7 +11,7 @@ import pytest
 
 from avn_node.models.pixels import PixelDecodeError, load_radiograph
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "real-dicom"
+REAL = Path(__file__).resolve().parents[1] / "data" / "real-dicom"  # openly licensed, see its README
 REAL_FILES = sorted(REAL.rglob("*.dcm"))
 BROKEN = {"RG2_JPLY.dcm"}  # invalid JPEG scan header in the source file
 
