@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import update
@@ -20,9 +21,11 @@ from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import start_scp
 from avn_node.store.database import open_database
 from avn_node.store.models import Job, JobState, utcnow
+from avn_node.store.retention import purge_older_than
 
 log = logging.getLogger("avn_node.serve")
 TICK_SECONDS = 0.5
+RETENTION_SWEEP_SECONDS = 24 * 3600
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -49,9 +52,16 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     server = start_scp(settings, sessions)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyse")
     running: Future[None] | None = None
+    next_sweep = time.monotonic()
     try:
         while not stop.is_set():
             try:
+                if settings.storage.retention_days > 0 and time.monotonic() >= next_sweep:
+                    with sessions() as session:
+                        deleted = purge_older_than(session, settings.storage.retention_days)
+                    log.info("retention sweep: %d files older than %s days deleted", deleted,
+                             settings.storage.retention_days)  # fmt: skip
+                    next_sweep = time.monotonic() + RETENTION_SWEEP_SECONDS
                 with sessions() as session:
                     close_stable_studies(session, settings.pipeline, utcnow())
                     if analyzer is not None:

@@ -30,7 +30,6 @@ from avn_node.store.models import Event, Instance, InstanceState, Study, StudySt
 log = logging.getLogger("avn_node.receive")
 
 
-
 def study_datetime(ds: Dataset) -> datetime | None:
     """Study Date + Study Time as a datetime (read as UTC: only differences matter), or None."""
     date = str(ds.get("StudyDate", "") or "")
@@ -175,13 +174,35 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+# A-ASSOCIATE-RJ parameters (PS3.8 9.3.4)
+REJECTED_PERMANENT = 0x01
+SERVICE_USER = 0x01
+NO_REASON_GIVEN = 0x01
+
+
+def _peer(event: evt.Event) -> str:
+    return f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+
+
 def _check_peer(settings: Settings, event: evt.Event) -> None:
-    """EVT_CONN_OPEN: pynetdicom has no IP allow-list, so drop connections from other addresses."""
+    """EVT_REQUESTED: pynetdicom has no IP allow-list, so reject associations from other addresses."""
     allowed = settings.security.allowed_peer_ips
-    address = event.address[0]
+    address = event.assoc.requestor.address
     if allowed and address not in allowed:
-        log.warning("refused connection from %s: not in security.allowed_peer_ips", address)
-        event.assoc.abort()
+        log.warning("rejected association from %s: address not in security.allowed_peer_ips", _peer(event))
+        event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN)
+
+
+def _log_association(event: evt.Event) -> None:
+    """One log line per association event: accepted, rejected, released, aborted (AE titles, addresses)."""
+    what = {
+        evt.EVT_ACCEPTED: "accepted",
+        evt.EVT_REJECTED: "rejected (calling AE title not allowed, or no acceptable context)",
+        evt.EVT_RELEASED: "released",
+        evt.EVT_ABORTED: "aborted",
+    }[event.event]
+    level = logging.WARNING if event.event in (evt.EVT_REJECTED, evt.EVT_ABORTED) else logging.INFO
+    log.log(level, "association from %s %s", _peer(event), what)
 
 
 def start_scp(settings: Settings, sessions: sessionmaker[Session]):  # noqa: ANN201 - pynetdicom's server type
@@ -193,7 +214,8 @@ def start_scp(settings: Settings, sessions: sessionmaker[Session]):  # noqa: ANN
     handlers = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_CONN_OPEN, lambda event: _check_peer(settings, event)),
+        (evt.EVT_REQUESTED, lambda event: _check_peer(settings, event)),
+        *((e, _log_association) for e in (evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED)),
     ]
     ae = build_ae(settings)
     log.info("listening as %s on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)

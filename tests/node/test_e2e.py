@@ -159,3 +159,24 @@ def test_sigterm_mid_study_then_restart_completes_it_with_nothing_lost(node: Nod
 
     wait_for(final_sr_covers_both, node.idle_seconds + 30, "an SR covering both radiographs")
     assert node.status()["instances"] == {"accepted": 2}
+
+
+def _echo(port: int, aet: str) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("echoscu"), "-aet", aet, "-aec", "AVN_NODE", "127.0.0.1", str(port)],
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_node_rejects_association_from_address_outside_allow_list(node: Node):
+    node.extra = 'allowed_peer_ips = ["192.0.2.7"]'
+    node.start()
+    assert _echo(node.port, "MODALITY").returncode != 0
+    wait_for(lambda: "address not in security.allowed_peer_ips" in node.log.read_text(), 5, "the refusal in the log")
+
+
+def test_node_rejects_calling_ae_title_outside_allow_list(node: Node):
+    node.extra = 'allowed_calling_aets = ["MODALITY"]'
+    node.start()
+    assert _echo(node.port, "STRANGER").returncode != 0
+    assert _echo(node.port, "MODALITY").returncode == 0
+    wait_for(lambda: "association from STRANGER@127.0.0.1 rejected" in node.log.read_text(), 5, "the rejection log")
+    wait_for(lambda: "association from MODALITY@127.0.0.1 accepted" in node.log.read_text(), 5, "the acceptance log")
