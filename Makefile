@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
-.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference preview-readme preview-results clean
+.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference bench-ingest preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -47,6 +47,9 @@ weights: setup
 # Paper Table VI on the phantom (N = 1 vs 5 training crops per head; test-time averaging on vs off).
 ablation: setup
 	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout
+
+bench-ingest: setup
+	$(PY) -m benchmarks.ingest
 
 bench-inference: setup
 	$(PY) -m benchmarks.inference_speed --weights $(WEIGHTS)

@@ -36,6 +36,23 @@ def phantom(m: dict) -> list[str]:
     return lines
 
 
+@renderer("ingest")
+def ingest(m: dict) -> list[str]:
+    return [
+        "## Ingest (`make bench-ingest`)",
+        "",
+        f"Measured {m['date']}: {m['files']} uncompressed DX files, {m['megabytes']} MB, sent by dcmtk storescu over "
+        "one association to each receiver on an empty folder. avn-node fsyncs each file and commits its row "
+        "before answering (analysis off); storescp does neither.",
+        "",
+        "| figure | min | median | aim |",
+        "|---|---|---|---|",
+        f"| dcmtk storescp, MB/s | {m['storescp_mb_per_s']['min']} | {m['storescp_mb_per_s']['median']} | |",
+        f"| avn-node, MB/s | {m['avn_node_mb_per_s']['min']} | {m['avn_node_mb_per_s']['median']} | |",
+        f"| avn-node ÷ storescp | | {m['ratio_vs_storescp']:.2f} | ≥ 1.0: {_vs_aim(m['ratio_vs_storescp'], 1.0)} |",
+    ]
+
+
 @renderer("inference")
 def inference(m: dict) -> list[str]:
     return [
