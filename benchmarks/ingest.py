@@ -48,17 +48,21 @@ def _send(port: int, aet: str, files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def storescp_run(files: list[Path], work: Path) -> float:
-    port, out = _free_port(), work / "storescp"
-    out.mkdir()
-    proc = subprocess.Popen(["storescp", "-aet", "ARCHIVE", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+def _timed_receiver(command: list[str], port: int, aet: str, files: list[Path]) -> float:
+    """Start a receiver, time one storescu of ``files`` to it, stop it."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port, proc)
-        return _send(port, "ARCHIVE", files)
+        return _send(port, aet, files)
     finally:
         proc.terminate()
         proc.wait()
+
+
+def storescp_run(files: list[Path], work: Path) -> float:
+    port, out = _free_port(), work / "storescp"
+    out.mkdir()
+    return _timed_receiver(["storescp", "-aet", "ARCHIVE", "-od", str(out), str(port)], port, "ARCHIVE", files)
 
 
 def node_run(files: list[Path], work: Path) -> float:
@@ -69,14 +73,8 @@ def node_run(files: list[Path], work: Path) -> float:
         f'[database]\nurl = "sqlite:///{data}/avn-node.db"\n[pipeline]\nanalyse = false\n'
         "[security]\nmin_free_disk_mb = 100\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "avn_node", "serve", "--config", str(config)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        _wait_port(port, proc)
-        return _send(port, "AVN_NODE", files)
-    finally:
-        proc.terminate()
-        proc.wait()
+    command = [sys.executable, "-m", "avn_node", "serve", "--config", str(config)]
+    return _timed_receiver(command, port, "AVN_NODE", files)
 
 
 def main() -> None:
