@@ -295,11 +295,11 @@ def send(
     from pydicom.errors import InvalidDicomError
 
     from avn_node.dispatch.sender import send_files
-    from avn_node.offline import dicom_files
+    from avn_node.store.files import files_under
 
     destination = _peer(to, "--to").model_copy(update={"calling_ae_title": calling_aet})
     files = []
-    for path in dicom_files(paths):
+    for path in files_under(paths):
         try:
             pydicom.dcmread(path, stop_before_pixels=True)
             files.append(path)

@@ -18,7 +18,7 @@ from pydicom.errors import InvalidDicomError
 from avn_node.models.inference import Analyzer, CaseFinding
 from avn_node.receive import RADIOGRAPH_CLASSES
 from avn_node.report.results import build_result_sets
-from avn_node.store.files import InvalidUidError, checked_uid
+from avn_node.store.files import InvalidUidError, checked_uid, files_under
 
 
 @dataclass
@@ -28,14 +28,6 @@ class OfflineRun:
     cases: list[CaseFinding] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
-
-
-def dicom_files(paths: Iterable[Path]) -> list[Path]:
-    """Every file under the given files and folders, sorted (callers decide which are DICOM)."""
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    return files
 
 
 def _patient_key(ds: Dataset) -> tuple[str, str]:
@@ -50,7 +42,7 @@ def analyze(paths: Iterable[Path], out: Path, analyzer: Analyzer, summary_image:
     """Analyse the radiographs among ``paths`` and write each study's result set under ``out``."""
     run = OfflineRun()
     by_patient: dict[tuple[str, str], dict[str, Dataset]] = defaultdict(dict)
-    for path in dicom_files(paths):
+    for path in files_under(paths):
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, ValueError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -22,6 +23,14 @@ def checked_uid(value: object, keyword: str) -> str:
     if len(uid) > 64 or not UID_PATTERN.match(uid):
         raise InvalidUidError(f"{keyword} is not a valid UID: {uid[:80]!r}")
     return uid
+
+
+def files_under(paths: Iterable[Path]) -> list[Path]:
+    """Every file under the given files and folders, sorted (callers decide which are DICOM)."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
 
 
 def sha256_of(path: Path) -> str:
