@@ -34,10 +34,11 @@ def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> da
 def send_files(destination: Destination, paths: list[Path], timeout: float = 30) -> dict[Path, str]:
     """C-STORE every file over one association; per file ``""`` on success, else the reason.
 
-    Proposes, per SOP class, the file's own transfer syntax and both uncompressed ones.
+    Proposes, per SOP class, one context per transfer syntax: each syntax the files use, plus Explicit and
+    Implicit VR Little Endian. An SCP accepts one syntax per context, so each file goes as it is stored.
     """
     outcome: dict[Path, str] = {}
-    syntaxes: dict[str, set[str]] = defaultdict(lambda: {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+    syntaxes: dict[str, set[str]] = defaultdict(set)
     readable = []
     for path in paths:
         try:
@@ -50,7 +51,11 @@ def send_files(destination: Destination, paths: list[Path], timeout: float = 30)
         return outcome
     ae = AE(ae_title=destination.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.requested_contexts = [build_context(sop, sorted(ts)) for sop, ts in syntaxes.items()]
+    ae.requested_contexts = [
+        build_context(sop, ts)
+        for sop, used in syntaxes.items()
+        for ts in sorted(used | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+    ]
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or aborted)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -180,3 +181,24 @@ def test_node_rejects_calling_ae_title_outside_allow_list(node: Node):
     assert _echo(node.port, "MODALITY").returncode == 0
     wait_for(lambda: "association from STRANGER@127.0.0.1 rejected" in node.log.read_text(), 5, "the rejection log")
     wait_for(lambda: "association from MODALITY@127.0.0.1 accepted" in node.log.read_text(), 5, "the acceptance log")
+
+
+def test_node_stores_every_transfer_syntax_with_encoded_pixels_unchanged(node: Node, phantom_set: Path):
+    node.start()
+    files = sorted(phantom_set.rglob("*.dcm"))
+
+    def encoded(paths: list[Path]) -> dict[str, tuple[str, bytes]]:
+        out = {}
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            out[str(ds.SOPInstanceUID)] = (str(ds.file_meta.TransferSyntaxUID), ds.PixelData)
+        return out
+
+    sent = encoded(files)
+    assert len({syntax for syntax, _ in sent.values()}) == 5
+    proc = subprocess.run(
+        [sys.executable, "-m", "avn_node", "send", *map(str, files), "--to", f"AVN_NODE@127.0.0.1:{node.port}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert encoded(sorted((node.root / "var" / "instances").rglob("*.dcm"))) == sent
