@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
 
-.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference bench-ingest preview-readme preview-results clean
+.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -47,6 +47,17 @@ weights: setup
 # Paper Table VI on the phantom (N = 1 vs 5 training crops per head; test-time averaging on vs off).
 ablation: setup
 	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout
+
+# The whole suite (about 15 minutes) and a short one (about 3 minutes); figures in benchmarks/RESULTS.md.
+bench: bench-phantom bench-ingest bench-inference bench-node
+
+bench-quick: setup
+	$(PY) -m benchmarks.ingest --repeats 1 --files 10
+	$(PY) -m benchmarks.inference_speed --weights $(WEIGHTS) --repeats 3
+	$(PY) -m benchmarks.node --quick
+
+bench-node: setup
+	$(PY) -m benchmarks.node
 
 bench-ingest: setup
 	$(PY) -m benchmarks.ingest

@@ -53,6 +53,57 @@ def ingest(m: dict) -> list[str]:
     ]
 
 
+@renderer("e2e")
+def e2e(m: dict) -> list[str]:
+    lines = [
+        "## End-to-end latency (`make bench-node`)",
+        "",
+        f"Measured {m['date']}: AP + FL studies of {m['size']}² sent one after another to a node with "
+        f"study_idle_seconds = {m['idle_seconds']}; time from the last C-STORE response to the SR's arrival at a "
+        "storescp archive, minus the idle time.",
+        "",
+        "| input | studies | p50 s | p95 s | aim |",
+        "|---|---|---|---|---|",
+        f"| uncompressed | {m['n']} | {m['p50_s_after_idle']:.2f} | {m['p95_s_after_idle']:.2f} | p95 ≤ 2.0: "
+        f"{_vs_aim(m['p95_s_after_idle'], 2.0, higher_is_better=False)} |",
+    ]
+    for s in m["by_syntax"].values():
+        lines.append(f"| {s['name']} | {s['n']} | {s['p50_s_after_idle']:.2f} | {s['p95_s_after_idle']:.2f} | |")
+    job = m["analysis_and_report_job_s"]
+    lines.append(
+        f"| of which analysis + report job (all studies), s | | {job['median']:.2f} | (min {job['min']:.2f}) | |"
+    )
+    return lines
+
+
+@renderer("concurrency")
+def concurrency(m: dict) -> list[str]:
+    return [
+        "## Concurrent associations (`make bench-node`)",
+        "",
+        f"Measured {m['date']}: N simultaneous associations, each storing one 600² AP + FL study.",
+        "",
+        "| associations | failures | files/s |",
+        "|---|---|---|",
+        *(f"| {k} | {m[f'failures_{k}']} | {m[f'files_per_s_{k}']} |" for k in (1, 10, 50)),
+    ]
+
+
+@renderer("memory")
+def memory(m: dict) -> list[str]:
+    return [
+        "## Memory of the serving node (`make bench-node`)",
+        "",
+        f"Measured {m['date']}.",
+        "",
+        "| figure | MiB | aim |",
+        "|---|---|---|",
+        f"| resident after start, models loaded | {m['rss_idle_mib']} | |",
+        f"| peak resident (VmHWM) after the latency and concurrency runs | {m['rss_peak_mib']} | ≤ {AIM_RSS_MIB}: "
+        f"{_vs_aim(m['rss_peak_mib'], AIM_RSS_MIB, higher_is_better=False)} |",
+    ]
+
+
 @renderer("inference")
 def inference(m: dict) -> list[str]:
     return [
