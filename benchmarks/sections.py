@@ -104,6 +104,19 @@ def memory(m: dict) -> list[str]:
     ]
 
 
+@renderer("report")
+def report(m: dict) -> list[str]:
+    return [
+        "## Result objects of one case (`make bench-inference`)",
+        "",
+        f"Measured {m['date']}: SR, two CAM captures and the summary image of an AP + FL case of 2048² radiographs.",
+        "",
+        "| figure | min | median |",
+        "|---|---|---|",
+        f"| s to build all result objects | {m['case_s_runs']['min']:.3f} | {m['case_s']:.3f} |",
+    ]
+
+
 @renderer("inference")
 def inference(m: dict) -> list[str]:
     return [
