@@ -48,7 +48,7 @@ weights: setup
 ablation: setup
 	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout
 
-# The whole suite (about 15 minutes) and a short one (about 3 minutes); figures in benchmarks/RESULTS.md.
+# The whole suite, and a short one (93 s from a fresh clone); figures in benchmarks/RESULTS.md.
 bench: bench-phantom bench-ingest bench-inference bench-node
 
 bench-quick: setup
