@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
@@ -64,17 +65,38 @@ def _store(port: int, files: list[Path]) -> int:
     return failures
 
 
-def _sr_arrival(archive: Path, study: str, timeout: float) -> float:
+def _sr_arrival(archive: Path, study: str, timeout: float) -> tuple[float, float]:
+    """(monotonic, wall-clock) time at which the SR of ``study`` is at the archive."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in archive.glob("SR*"):
             try:
                 if str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID) == study:
-                    return time.monotonic()
+                    return time.monotonic(), time.time()
             except Exception:  # noqa: BLE001 - storescp may still be writing it
                 continue
         time.sleep(0.02)
     raise TimeoutError(f"no SR for study {study}")
+
+
+def _stage_seconds(database: Path, arrivals: dict[str, float]) -> dict[str, list[float]]:
+    """Per uncompressed study: the job's own stage timings (its case.reported event) and dispatch, from the
+    job's end to the SR's arrival (the scheduler tick included)."""
+    stages: dict[str, list[float]] = {}
+    with sqlite3.connect(database) as db:
+        for study, wall in arrivals.items():
+            (case_id,) = db.execute("SELECT case_id FROM studies WHERE study_instance_uid = ?", (study,)).fetchone()
+            detail, finished = db.execute(
+                "SELECT e.detail, j.finished_at FROM events e JOIN jobs j ON j.case_id = CAST(e.subject AS INTEGER) "
+                "AND j.version = json_extract(e.detail, '$.version') WHERE e.kind = 'case.reported' AND e.subject = ? "
+                "ORDER BY e.id DESC LIMIT 1",
+                (str(case_id),),
+            ).fetchone()
+            for name, seconds in json.loads(detail)["seconds"].items():
+                stages.setdefault(name, []).append(seconds)
+            finished_at = datetime.fromisoformat(finished).replace(tzinfo=UTC).timestamp()
+            stages.setdefault("dispatch", []).append(wall - finished_at)
+    return stages
 
 
 def main() -> None:
@@ -104,14 +126,17 @@ def main() -> None:
         time.sleep(1)
         rss_idle = _rss_mib(node.pid, "VmRSS")
         latency: dict[str, list[float]] = {}
+        arrivals: dict[str, float] = {}  # uncompressed study → wall-clock arrival of its SR
         for i, (syntax, n) in enumerate(per_syntax.items()):
             for files in _studies(base / f"data-{syntax}", syntax, n, 2048, 500 + i):
                 study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
                 assert _store(node_port, files) == 0
                 sent = time.monotonic()
-                latency.setdefault(syntax, []).append(_sr_arrival(archive, study, 120) - sent - IDLE_SECONDS)
-        with sqlite3.connect(data / "avn-node.db") as db:
-            job_seconds = [row[0] for row in db.execute("SELECT seconds FROM jobs WHERE seconds IS NOT NULL")]
+                arrived, wall = _sr_arrival(archive, study, 120)
+                latency.setdefault(syntax, []).append(arrived - sent - IDLE_SECONDS)
+                if syntax == "explicit":
+                    arrivals[study] = wall
+        stages = _stage_seconds(data / "avn-node.db", arrivals)
         small = _studies(base / "data-small", "explicit", 50, 600, 900)
         concurrency = {}
         for k in (1, 10, 50):
@@ -144,7 +169,7 @@ def main() -> None:
         "by_syntax": {
             str(TRANSFER_SYNTAXES[s]): {"name": s, **quantiles(v)} for s, v in latency.items() if s != "explicit"
         },
-        "analysis_and_report_job_s": summary(job_seconds, 3),
+        "stage_seconds": {name: summary(values, 3) for name, values in stages.items()},
     }
     memory = {"rss_idle_mib": round(rss_idle, 1), "rss_peak_mib": round(rss_peak, 1)}
     print(json.dumps({"e2e": e2e, "concurrency": concurrency, "memory": memory}, indent=1))

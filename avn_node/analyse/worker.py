@@ -7,6 +7,7 @@ whose UID is already recorded (same image, same model) is neither stored nor sen
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import timedelta
@@ -122,10 +123,14 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analy
             instances = _case_instances(session, case)
             sources = {uid: pydicom.dcmread(row.path) for uid, row in instances.items()}
             finding = analyzer.analyse_case(list(sources.values()))
+            timings = dict(analyzer.timings)
+            report_started = time.perf_counter()
             sets = build_result_sets(
                 finding, sources, job.version, _previous_srs(session, case, job.version),
                 settings.reporting.summary_image,
             )  # fmt: skip
+            timings["report"] = time.perf_counter() - report_started
+            store_started = time.perf_counter()
             known = set(session.scalars(select(Result.sop_instance_uid).where(Result.case_id == case.id)))
             new_results = []
             for result_set in sets:
@@ -153,7 +158,9 @@ def run_job(settings: Settings, sessions: sessionmaker[Session], analyzer: Analy
             job.state = JobState.DONE
             job.finished_at = utcnow()
             job.seconds = time.perf_counter() - started
-            session.add(Event(kind="case.reported", subject=str(case.id), detail=f"version {job.version}"))
+            timings["store"] = time.perf_counter() - store_started
+            detail = {"version": job.version, "seconds": {k: round(v, 4) for k, v in timings.items()}}
+            session.add(Event(kind="case.reported", subject=str(case.id), detail=json.dumps(detail)))
             session.commit()
             log.info("case %d version %d: %d new result objects in %.2f s", case.id, job.version,
                      len(new_results), job.seconds)  # fmt: skip
