@@ -97,26 +97,56 @@ def _ci(stat: Any, subjects: np.ndarray, resamples: int, seed: int) -> list[floa
     return [round(v, 4) for v in bootstrap_ci(stat, subjects, resamples, seed)]
 
 
+@dataclass
+class Scores:
+    """Truth and model output as arrays: per matched head, and per radiograph with at least one head."""
+
+    subject: np.ndarray
+    stage_true: np.ndarray
+    stage_p: np.ndarray  # (heads, stages)
+    side_true: np.ndarray  # True = L
+    side_score: np.ndarray  # probability of L
+    side_assigned_ok: np.ndarray
+    notes_true: np.ndarray  # (heads, notes)
+    notes_score: np.ndarray
+    rad_subject: np.ndarray
+    view_true: np.ndarray  # True = AP
+    view_score: np.ndarray  # probability of AP
+
+    @classmethod
+    def of(cls, c: Collected) -> Scores:
+        rads = [(p, v, f) for p, v, f in c.radiographs if f.heads]
+        return cls(
+            subject=np.array([h.patient for h in c.heads]),
+            stage_true=np.array([h.stage for h in c.heads]),
+            stage_p=np.array([[h.found.stage_probabilities[s] for s in STAGES] for h in c.heads]).reshape(
+                -1, len(STAGES)
+            ),
+            side_true=np.array([h.side == Side.L for h in c.heads]),
+            side_score=np.array(
+                [h.found.side_probability if h.found.side == Side.L else 1 - h.found.side_probability for h in c.heads]
+            ),
+            side_assigned_ok=np.array([h.found.side == h.side for h in c.heads]),
+            notes_true=np.array([h.notes for h in c.heads]).reshape(-1, len(NOTES)),
+            notes_score=np.array([[h.found.note_probabilities[n] for n in NOTES] for h in c.heads]).reshape(
+                -1, len(NOTES)
+            ),
+            rad_subject=np.array([p for p, _, _ in rads]),
+            view_true=np.array([v == View.AP for _, v, _ in rads]),
+            view_score=np.array([f.ap_probability for _, _, f in rads]),
+        )
+
+
 def compute_metrics(c: Collected, resamples: int, seed: int = 0) -> dict[str, Any]:
     """The metrics.json object (fixed paths: see the README's evaluation section)."""
-    subj = np.array([h.patient for h in c.heads])
-    stage_true = np.array([h.stage for h in c.heads])
-    stage_p = np.array([[h.found.stage_probabilities[s] for s in STAGES] for h in c.heads]).reshape(-1, len(STAGES))
+    sc = Scores.of(c)
+    subj, stage_true, stage_p = sc.subject, sc.stage_true, sc.stage_p
     stage_pred = stage_p.argmax(1) if len(stage_p) else np.zeros(0, int)
     presence_true = stage_true > 0
     presence_score = 1 - stage_p[:, 0] if len(stage_p) else np.zeros(0)
-    side_true = np.array([h.side == Side.L for h in c.heads])
-    side_score = np.array(
-        [h.found.side_probability if h.found.side == Side.L else 1 - h.found.side_probability for h in c.heads]
-    )
-    side_assigned_ok = np.array([h.found.side == h.side for h in c.heads])
-    notes_true = np.array([h.notes for h in c.heads]).reshape(-1, len(NOTES))
-    notes_score = np.array([[h.found.note_probabilities[n] for n in NOTES] for h in c.heads]).reshape(-1, len(NOTES))
-
-    rads = [(p, v, f) for p, v, f in c.radiographs if f.heads]
-    rad_subj = np.array([p for p, _, _ in rads])
-    view_true = np.array([v == View.AP for _, v, _ in rads])
-    view_score = np.array([f.ap_probability for _, _, f in rads])
+    side_true, side_score, side_assigned_ok = sc.side_true, sc.side_score, sc.side_assigned_ok
+    notes_true, notes_score = sc.notes_true, sc.notes_score
+    rad_subj, view_true, view_score = sc.rad_subject, sc.view_true, sc.view_score
 
     m: dict[str, Any] = {
         "n_radiographs": len(c.radiographs),
@@ -140,7 +170,7 @@ def compute_metrics(c: Collected, resamples: int, seed: int = 0) -> dict[str, An
     m["view"] = {
         "auc": roc_auc(view_true, view_score),
         "auc_ci": _ci(lambda i: roc_auc(view_true[i], view_score[i]), rad_subj, resamples, seed),
-        "accuracy": float(np.mean(view_true == (view_score >= 0.5))) if len(rads) else float("nan"),
+        "accuracy": float(np.mean(view_true == (view_score >= 0.5))) if len(view_true) else float("nan"),
     }
     m["side"] = {
         "auc": roc_auc(side_true, side_score),

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from avn_node.ground_truth import NOTES, STAGES, Side, View
-from avn_node.models.evaluate import Collected
+from avn_node.ground_truth import NOTES, STAGES
+from avn_node.models.evaluate import Collected, Scores
 from avn_node.models.metrics import roc_auc, roc_curve
 
 
@@ -19,26 +19,14 @@ def write_plots(c: Collected, m: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stage_true = np.array([h.stage for h in c.heads])
-    stage_p = np.array([[h.found.stage_probabilities[s] for s in STAGES] for h in c.heads]).reshape(-1, 4)
-    rads = [(v, f) for _, v, f in c.radiographs if f.heads]
+    sc = Scores.of(c)
+    stage_true, stage_p = sc.stage_true, sc.stage_p
     curves = {
-        "view (AP)": (np.array([v == View.AP for v, _ in rads]), np.array([f.ap_probability for _, f in rads])),
-        "side (L)": (
-            np.array([h.side == Side.L for h in c.heads]),
-            np.array(
-                [h.found.side_probability if h.found.side == Side.L else 1 - h.found.side_probability for h in c.heads]
-            ),
-        ),
+        "view (AP)": (sc.view_true, sc.view_score),
+        "side (L)": (sc.side_true, sc.side_score),
         "AVN presence": (stage_true > 0, 1 - stage_p[:, 0]),
         **{f"stage {s.value}": (stage_true == k, stage_p[:, k]) for k, s in enumerate(STAGES)},
-        **{
-            f"note {n.value}": (
-                np.array([h.notes[j] > 0 for h in c.heads]),
-                np.array([h.found.note_probabilities[n] for h in c.heads]),
-            )
-            for j, n in enumerate(NOTES)
-        },
+        **{f"note {n.value}": (sc.notes_true[:, j] > 0, sc.notes_score[:, j]) for j, n in enumerate(NOTES)},
     }
     panels = {
         "view and side": ["view (AP)", "side (L)"],
