@@ -1,8 +1,8 @@
 """The Comprehensive SR of one study of a case: TID 1500 Imaging Measurement Report (DESIGN §6).
 
 One TID 1410 planar-ROI group per femoral head per radiograph, one per hip for the case (most severe stage,
-its region the box that decided it), a TEXT with the intended use, and TEXT lines for radiographs that
-could not be read or showed no femoral head.
+its region the box that decided it), one "FH not found" group over each radiograph that could not be read or
+showed no femoral head, a TEXT with the intended use, and TEXT lines saying why.
 """
 
 from __future__ import annotations
@@ -43,26 +43,32 @@ TYPE2_EVIDENCE = (
 )  # fmt: skip
 
 
-def _box_polyline(box: tuple[float, float, float, float], rows: int, columns: int) -> np.ndarray:
-    """The box as a closed 5-point polyline in (column, row), clipped to the image (PS3.3 C.18.6.1.1)."""
-    x0, y0, x1, y1 = (
-        float(np.clip(box[0], 0, columns)),
-        float(np.clip(box[1], 0, rows)),
-        float(np.clip(box[2], 0, columns)),
-        float(np.clip(box[3], 0, rows)),
-    )
+def _polyline(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """A rectangle as a closed 5-point polyline in (column, row) (PS3.3 C.18.6.1.1)."""
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
 
 
+def _box_polyline(box: tuple[float, float, float, float], rows: int, columns: int) -> np.ndarray:
+    """The box clipped to the image."""
+    x0, x1 = np.clip([box[0], box[2]], 0, columns)
+    y0, y1 = np.clip([box[1], box[3]], 0, rows)
+    return _polyline(float(x0), float(y0), float(x1), float(y1))
+
+
 def _percent(p: float) -> float:
-    return round(100.0 * float(p), 1)
+    """``p`` in percent to 4 significant digits, never below 0.0001: OHIF prints a zero as a blank."""
+    return max(float(f"{100.0 * float(p):.4g}"), 0.0001)
 
 
 def _measurements(head: HeadFinding, referenced: Sequence[SourceImageForMeasurement] | None) -> list[Measurement]:
-    """AVN probability, then each AVN stage's, then each note's, in percent (the order OHIF prints)."""
+    """AVN probability, each AVN stage's, then each note's, likeliest first, in percent.
+
+    OHIF prints a group's first five NUMs, so a reader sees presence, the three stages and the likeliest note.
+    """
     items = [(codes.AVN_PROBABILITY, head.presence_probability)]
     items += [(code, head.stage_probabilities[stage]) for stage, code in codes.STAGE_PROBABILITY.items()]
-    items += [(codes.NOTE_PROBABILITY[note], head.note_probabilities[note]) for note in NOTES]
+    notes = sorted(NOTES, key=lambda note: -head.note_probabilities[note])
+    items += [(codes.NOTE_PROBABILITY[note], head.note_probabilities[note]) for note in notes]
     return [
         Measurement(
             name=name,
@@ -131,9 +137,32 @@ def hip_group(
     return head_group(hip.head, decider, producer, "case", refs, tracking_key=target_study_uid)
 
 
+def not_found_group(
+    radiograph: RadiographFinding, producer: Producer
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group for a radiograph where no femoral head could be read: AVN "not evaluated" over the
+    whole image (a viewer shows it on the image; OHIF drops an SR with any group lacking a region).
+    """
+    label = radiograph.view.value if radiograph.view else "image"
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=derived_uid("tracking", radiograph.sop_instance_uid, "not-found"), identifier=f"FH not found {label}"
+        ),
+        referenced_region=ImageRegion(
+            graphic_type=GraphicTypeValues.POLYLINE,
+            graphic_data=_polyline(0.0, 0.0, float(radiograph.columns), float(radiograph.rows)),
+            source_image=SourceImageForRegion(radiograph.sop_class_uid, radiograph.sop_instance_uid),
+        ),
+        finding_type=codes.AVN,
+        finding_sites=[FindingSite(codes.HEAD_OF_FEMUR)],
+        algorithm_id=producer.algorithm(),
+        qualitative_evaluations=[QualitativeEvaluation(codes.AVN, codes.NOT_EVALUATED)],
+    )
+
+
 def not_evaluated_group(target_study_uid: str, producer: Producer) -> MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group for a study where no femoral head could be read: AVN "not evaluated" (TID 1500 needs
-    one group; the remarks say why).
+    """TID 1501 group for a study none of whose images has a size (TID 1500 needs one group; the remarks say
+    why). OHIF cannot show it; ``dsrdump`` and other viewers do.
     """
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
@@ -193,14 +222,15 @@ def build_sr(
     in_study = [uid for uid in analysed if str(sources[uid].StudyInstanceUID) == target_study_uid]
     if not in_study:
         raise ValueError(f'No analysed instance belongs to study "{target_study_uid}".')
-    groups = [
-        head_group(head, r, producer, r.view.value if r.view else "image")
-        for r in case.radiographs
-        if str(sources[r.sop_instance_uid].StudyInstanceUID) == target_study_uid
-        for head in r.heads
-    ]
+    groups: list[PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations] = []
+    for r in case.radiographs:
+        if str(sources[r.sop_instance_uid].StudyInstanceUID) != target_study_uid:
+            continue
+        groups += [head_group(head, r, producer, r.view.value if r.view else "image") for head in r.heads]
+        if not r.heads and r.rows and r.columns:
+            groups.append(not_found_group(r, producer))
     groups += [hip_group(hip, case, producer, target_study_uid) for hip in case.hips]
-    if not groups:
+    if not groups:  # not even an image size to point at
         groups = [not_evaluated_group(target_study_uid, producer)]
     report = MeasurementReport(
         observation_context=producer.observer(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from pydicom.dataset import Dataset
 
 from avn_node.ground_truth import FicatStage
 from avn_node.models.inference import CaseFinding, RadiographFinding, fuse_hips
+from avn_node.report import codes
 from avn_node.report.identity import Producer
 from avn_node.report.results import build_result_sets
-from avn_node.report.sr import build_sr
+from avn_node.report.sr import _percent, build_sr
 from tests.conftest import dciodvfy_errors, require_tool
 from tests.report.conftest import MODEL
 
@@ -48,13 +50,22 @@ def test_sr_has_one_group_per_head_per_radiograph_and_one_per_hip(one_study_case
     assert tree.count('"Finding Site")=(2812003,SCT,"Head of Femur")') == len(expected)
 
 
-def test_sr_lists_probabilities_in_percent_presence_first(one_study_case, tmp_path: Path):
+def test_sr_lists_probabilities_in_percent_presence_and_stages_first_then_likeliest_note(one_study_case, tmp_path):
+    case, _ = one_study_case
+    head = case.radiographs[0].heads[0]
     tree = _dsrdump(_save(_sr(one_study_case), tmp_path / "sr.dcm"))
     group = tree.split('"Tracking Identifier")=')[1]
     numbers = [line.split('NUM:(,,"')[1].split('")')[0] for line in group.splitlines() if "NUM:(" in line]
     assert numbers[:4] == ["AVN probability", "Ficat II probability", "Ficat III probability", "Ficat IV probability"]
     assert len(numbers) == 4 + 7
+    likeliest = max(head.note_probabilities, key=head.note_probabilities.get)
+    assert numbers[4] == codes.NOTE_PROBABILITY[likeliest].meaning
     assert '(%,UCUM,"%")' in group
+
+
+@pytest.mark.parametrize(("p", "shown"), [(0.91234, 91.23), (0.5, 50.0), (1.0, 100.0), (3e-7, 0.0001), (0.0, 0.0001)])
+def test_percentages_keep_four_digits_and_are_never_zero(p: float, shown: float):
+    assert _percent(p) == pytest.approx(shown)
 
 
 def test_sr_states_stage_presence_notes_and_laterality(one_study_case):
@@ -130,6 +141,11 @@ def test_two_study_case_gets_a_result_set_per_study_citing_the_other_study(two_s
             assert dciodvfy_errors(_save(ds, tmp_path / f"{result.study_instance_uid}-{i}.dcm")) == []
 
 
+def _items(ds: Dataset) -> list[Dataset]:
+    """Every content item under ``ds``, depth first."""
+    return [x for item in ds.get("ContentSequence", []) for x in (item, *_items(item))]
+
+
 def _unread(finding: RadiographFinding, error: str) -> RadiographFinding:
     return RadiographFinding(
         **{
@@ -160,15 +176,31 @@ def test_sr_says_when_an_image_shows_no_head_or_cannot_be_decoded(one_study_case
     expected = f"could not be analysed: {error}" if error else "No femoral head was found"
     assert any(expected in t and radiographs[0].sop_instance_uid in t for t in texts)
     assert dciodvfy_errors(_save(sr, tmp_path / "sr.dcm")) == []
+    tree = _dsrdump(tmp_path / "sr.dcm")
+    assert tree.count('"Tracking Identifier")="FH not found image"') == 1
+    assert tree.count('"Image Region")=(POLYLINE') == tree.count('"Tracking Identifier")=')  # OHIF needs each
     assert pydicom.dcmread(tmp_path / "sr.dcm").SOPInstanceUID == sr.SOPInstanceUID
 
 
-def test_sr_for_case_without_any_head_says_not_evaluated(one_study_case, tmp_path: Path):
+def test_sr_for_case_without_any_head_marks_each_whole_image_not_evaluated(one_study_case, tmp_path: Path):
     case, sources = one_study_case
     radiographs = tuple(_unread(r, "") for r in case.radiographs)
     empty = CaseFinding(radiographs=radiographs, hips=(), model=case.model)
     sr = _sr((empty, sources))
     tree = _dsrdump(_save(sr, tmp_path / "sr.dcm"))
-    assert '"Tracking Identifier")="FH not found"' in tree and '(373121007,SCT,"Not Evaluated")' in tree
+    assert tree.count('"Tracking Identifier")="FH not found image"') == len(radiographs)
+    assert tree.count('(373121007,SCT,"Not Evaluated")') == len(radiographs)
+    assert tree.count('"Image Region")=(POLYLINE') == len(radiographs)
+    regions = [item.GraphicData for item in _items(sr) if item.ValueType == "SCOORD"]
+    assert [list(g) for g in regions] == [[0, 0, r.columns, 0, r.columns, r.rows, 0, r.rows, 0, 0] for r in radiographs]
     assert tree.count("No femoral head was found") == len(radiographs)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
+def test_sr_for_study_without_image_size_falls_back_to_a_study_level_group(one_study_case, tmp_path: Path):
+    case, sources = one_study_case
+    radiographs = tuple(dataclasses.replace(_unread(r, "no Rows"), rows=0, columns=0) for r in case.radiographs)
+    sr = _sr((CaseFinding(radiographs=radiographs, hips=(), model=case.model), sources))
+    tree = _dsrdump(_save(sr, tmp_path / "sr.dcm"))
+    assert '"Tracking Identifier")="FH not found"' in tree and '(373121007,SCT,"Not Evaluated")' in tree
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []

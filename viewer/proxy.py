@@ -1,0 +1,69 @@
+"""One origin for OHIF and Orthanc's DICOMweb: the viewer's static files plus a reverse proxy.
+
+Orthanc sends no CORS headers, so the browser must get viewer and DICOMweb from one origin. Orthanc's
+DICOMweb plugin 1.7 ignores an escaped comma in ``includefield`` (which OHIF sends), so the proxy unescapes
+``%2C``; a ``Forwarded`` header (RFC 7239) makes Orthanc write bulk-data URIs under this origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+
+
+class SinglePageApp(StaticFiles):
+    """Static files, with ``index.html`` for any other path (OHIF routes such as ``/viewer?…``)."""
+
+    async def get_response(self, path: str, scope):  # noqa: ANN001 - Starlette's signature
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404:
+                raise
+            return await super().get_response("index.html", scope)
+
+
+def create_app(dist: Path, app_config: Path, orthanc_url: str) -> FastAPI:
+    """The viewer at ``/``, its configuration at ``/app-config.js``, Orthanc's DICOMweb at ``/dicom-web/``."""
+    client = httpx.AsyncClient(base_url=orthanc_url, timeout=120)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="avn-node viewer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    @app.api_route("/dicom-web/{path:path}", methods=["GET", "POST", "DELETE"])
+    async def dicomweb(path: str, request: Request) -> StreamingResponse:
+        query = request.url.query.replace("%2C", ",").replace("%2c", ",")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["forwarded"] = f"host={request.url.netloc};proto={request.url.scheme}"
+        upstream = client.build_request(
+            request.method, f"/dicom-web/{path}" + (f"?{query}" if query else ""),
+            headers=headers, content=await request.body(),
+        )  # fmt: skip
+        response = await client.send(upstream, stream=True)
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            headers={k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP},
+            background=BackgroundTask(response.aclose),
+        )
+
+    @app.get("/app-config.js")
+    async def config() -> FileResponse:
+        return FileResponse(app_config, media_type="text/javascript", headers={"cache-control": "no-store"})
+
+    app.mount("/", SinglePageApp(directory=dist, html=True), name="ohif")
+    return app
