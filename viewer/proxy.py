@@ -24,7 +24,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 class SinglePageApp(StaticFiles):
     """Static files, with ``index.html`` for any other path (OHIF routes such as ``/viewer?…``)."""
 
-    async def get_response(self, path: str, scope):  # noqa: ANN001 - Starlette's signature
+    async def get_response(self, path: str, scope):
         try:
             return await super().get_response(path, scope)
         except HTTPException as exc:

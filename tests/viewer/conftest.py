@@ -1,0 +1,52 @@
+"""The `make viewer` stack (Orthanc + DICOMweb, the node, OHIF behind one origin) and headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, require_tool
+from tests.node.conftest import WEIGHTS
+from viewer.stack import DICOMWEB_PLUGIN, ViewerStack, ohif_dist
+
+ROOT = Path(__file__).resolve().parents[2]
+# Chromium as root, offline: no sandbox, software WebGL, and none of its calls home (DICOM-NOTES).
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+]  # fmt: skip
+
+
+def qido(stack: ViewerStack, path: str) -> list[dict]:
+    """A QIDO-RS answer through the viewer's own origin (the proxy in front of Orthanc)."""
+    request = urllib.request.Request(stack.url + "dicom-web/" + path, headers={"Accept": "application/dicom+json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+    return json.loads(body) if body else []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStack]:
+    require_tool("Orthanc")
+    if not DICOMWEB_PLUGIN.is_file():
+        pytest.fail("Orthanc's DICOMweb plugin is missing: run the tests through `make test`, which installs it")
+    root = tmp_path_factory.mktemp("viewer")
+    with ViewerStack(
+        root, ohif_dist(ROOT / "build"), WEIGHTS, viewer_port=free_port(), orthanc_http_port=free_port(),
+        orthanc_dicom_port=free_port(), node_port=free_port(), stable_seconds=1,
+    ) as running:  # fmt: skip
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=require_tool("chromium"), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
