@@ -3,34 +3,47 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc
+SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium
+DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: setup system-deps run test weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
+.PHONY: setup system-deps run viewer viewer-screenshots test weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,viewer]'
 	touch $(STAMP)
 
-# dcmtk, dicom3tools and Orthanc are the real peers the tests check files with (Debian packages; needs root).
+# The real peers the tests use (Debian packages; needs root): dcmtk, dicom3tools, Orthanc with its DICOMweb
+# plugin, Chromium for the viewer test (the prebuilt OHIF viewer comes from the npm registry via npm).
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -f $(DICOMWEB_PLUGIN) ] || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing dcmtk dicom3tools orthanc (missing:$$missing)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc >/dev/null; \
-	  else echo "missing$$missing: install the Debian packages dcmtk, dicom3tools and orthanc"; exit 1; fi; \
+	    echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing$$missing: install the Debian packages $(SYSTEM_PACKAGES)"; exit 1; fi; \
 	fi
 
 # Starts the node on the embedded default: SQLite and files under ./var, the shipped demo weights.
 run: setup
 	$(VENV)/bin/avn-node serve --config config/avn-node.toml
 
+# Orthanc (DICOMweb), the node and OHIF on 127.0.0.1: the PACS forwards radiographs to the node, the node
+# returns its results, OHIF shows them at http://127.0.0.1:3000/ (README "See it in a viewer").
+viewer: setup
+	$(PY) -m viewer
+
+# Regenerates the OHIF screenshots shown in the README (the browser test saves them).
+viewer-screenshots: setup
+	AVN_VIEWER_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/viewer
+
 test: setup
-	$(VENV)/bin/ruff check avn_node tests benchmarks docs
+	$(VENV)/bin/ruff check avn_node tests benchmarks docs viewer
 	$(PY) -m pytest -n 2 --dist loadgroup tests
 
 # Reproduces the shipped demo weights (models/avn-demo-v1) and their evaluation; PROFILE=cpu takes about

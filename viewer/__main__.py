@@ -33,7 +33,8 @@ def main(
             f"OHIF:    {stack.url}\n"
             f"PACS:    {stack.pacs} (Orthanc, REST {stack.orthanc_url}); forwards CR/DX series to the node\n"
             f"node:    AVN_NODE@127.0.0.1:{node_port}, results go back to the PACS; logs in {data}\n"
-            f"Send a study:  .venv/bin/avn-node send var/demo --to {stack.pacs}\n"
+            "Send a study:  .venv/bin/avn-node phantom --out /tmp/hips --studies 2 --shape-mix ap+fl=1\n"
+            f"               .venv/bin/avn-node send /tmp/hips --to {stack.pacs}\n"
             "Ctrl-C stops all three."
         )
         stop.wait()
