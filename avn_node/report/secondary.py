@@ -14,6 +14,13 @@ from avn_node.models.inference import RadiographFinding
 from avn_node.report.identity import MANUFACTURER, Producer
 from avn_node.report.uids import derived_uid
 
+# Patient and study attributes highdicom does not copy (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2): an archive that
+# takes a study's tags from its latest instance would otherwise lose them when the results arrive.
+PATIENT_STUDY_EXTRAS = (
+    "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "OtherPatientIDsSequence", "StudyDescription",
+    "IssuerOfAccessionNumberSequence", "ProcedureCodeSequence", "PatientAge", "PatientSize", "PatientWeight",
+)  # fmt: skip
+
 
 def source_image_sequence(radiographs: Sequence[RadiographFinding]) -> DicomSequence:
     """Source Image Sequence (0008,2112) naming the analysed radiographs."""
@@ -66,6 +73,7 @@ def secondary_capture(
     sc.BurnedInAnnotation = "YES"
     sc.SourceImageSequence = source_image_sequence(sources)
     sc.DerivationDescription = derivation[:1024]
-    if "SpecificCharacterSet" in reference:
-        sc.SpecificCharacterSet = reference.SpecificCharacterSet
+    for keyword in ("SpecificCharacterSet", *PATIENT_STUDY_EXTRAS):
+        if keyword in reference:
+            setattr(sc, keyword, reference[keyword].value)
     return sc

@@ -94,3 +94,15 @@ def test_summary_passes_dciodvfy_and_references_every_analysed_image(one_study_c
     assert sc.BurnedInAnnotation == "YES"
     v2 = build_summary(case, reference, str(reference.StudyInstanceUID), PRODUCER, sorted(sources), 2)
     assert v2.SOPInstanceUID != sc.SOPInstanceUID and v2.SeriesInstanceUID == sc.SeriesInstanceUID
+
+
+def test_captures_keep_the_study_description_and_patient_id_issuer_of_their_source(one_study_case):
+    """An archive that takes a study's tags from its latest instance keeps them when the results arrive."""
+    case, sources = one_study_case
+    r, source = _first(one_study_case)
+    assert source.StudyDescription and source.IssuerOfPatientID
+    capture = build_capture(source, r, str(source.StudyInstanceUID), PRODUCER)
+    summary = build_summary(case, source, str(source.StudyInstanceUID), PRODUCER, sorted(sources), 1)
+    for sc in (capture, summary):
+        assert sc.StudyDescription == source.StudyDescription
+        assert sc.IssuerOfPatientID == source.IssuerOfPatientID

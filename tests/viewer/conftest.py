@@ -21,9 +21,9 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-def qido(stack: ViewerStack, path: str) -> list[dict]:
-    """A QIDO-RS answer through the viewer's own origin (the proxy in front of Orthanc)."""
-    request = urllib.request.Request(stack.url + "dicom-web/" + path, headers={"Accept": "application/dicom+json"})
+def qido(origin: str, path: str) -> list[dict]:
+    """A QIDO-RS answer from the DICOMweb service under ``origin`` (ending in ``/``)."""
+    request = urllib.request.Request(origin + "dicom-web/" + path, headers={"Accept": "application/dicom+json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         body = response.read()
     return json.loads(body) if body else []

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from avn_node.phantom.generate import PhantomOptions, generate
 from tests.node.conftest import storescu, wait_for
+from tests.viewer.conftest import qido
 from viewer.stack import PACS_AET, ViewerStack
 
 pytestmark = pytest.mark.xdist_group("node")
@@ -57,6 +58,7 @@ class Group:
 class Study:
     uid: str
     patient_id: str
+    description: str
     truth: dict[str, object]  # SOP Instance UID → RadiographTruth
     groups: list[Group]
     captures: list[str]  # SOP Instance UIDs of the CAM secondary captures
@@ -124,6 +126,7 @@ def _through_the_node(stack: ViewerStack, files: list[Path], truth: list | None 
     return Study(
         uid=uid,
         patient_id=str(first.PatientID),
+        description=str(first.get("StudyDescription", "")),
         truth={r.sop_instance_uid: r for r in truth or []},
         groups=_groups(sr),
         captures=[c["MainDicomTags"]["SOPInstanceUID"] for c in captures],
@@ -141,13 +144,17 @@ def study(stack: ViewerStack, tmp_path_factory: pytest.TempPathFactory) -> Study
 
 
 def _open_study(stack: ViewerStack, browser, study: Study):
-    """The study list shows the study; the viewer opens it. Returns the page and the list of viewer errors."""
+    """The study list shows the study as the modality described it; the viewer opens it. Returns the page and
+    the list of viewer errors.
+    """
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" or "Error Boundary" in m.text else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(stack.url)
     page.get_by_text(study.patient_id).first.wait_for(timeout=60_000)
+    if study.description:  # still the study's own, after the results arrived
+        page.get_by_text(study.description).first.wait_for(timeout=10_000)
     page.goto(f"{stack.url}viewer?StudyInstanceUIDs={study.uid}")
     page.locator('[data-cy="study-browser-thumbnail"]').first.wait_for(timeout=60_000)
     page.wait_for_function(f"() => window.cornerstone.getEnabledElements().length > 0 && ({DISPLAYED_SOP})()")
@@ -252,3 +259,12 @@ def test_ohif_shows_an_sr_whose_radiograph_has_no_femoral_head_found(stack, brow
     assert {a["uid"] for a in page.evaluate(SR_ANNOTATIONS)} == {g.uid for g in study.groups}
     _assert_no_viewer_error(page, errors)
     page.close()
+
+
+def test_proxy_makes_orthanc_honour_ohifs_escaped_includefield(stack: ViewerStack, study: Study):
+    """OHIF asks for the study description as ``includefield=00081030%2C…``; Orthanc alone ignores it."""
+    query = f"studies?StudyInstanceUID={study.uid}&includefield=00081030%2C00080060"
+    (through_proxy,) = qido(stack.url, query)
+    (direct,) = qido(stack.orthanc_url + "/", query)
+    assert through_proxy["00081030"]["Value"] == [study.description]
+    assert "00081030" not in direct
