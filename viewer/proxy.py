@@ -44,15 +44,13 @@ def create_app(dist: Path, app_config: Path, orthanc_url: str) -> FastAPI:
 
     app = FastAPI(title="avn-node viewer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
-    @app.api_route("/dicom-web/{path:path}", methods=["GET", "POST", "DELETE"])
+    @app.get("/dicom-web/{path:path}")
     async def dicomweb(path: str, request: Request) -> StreamingResponse:
+        """QIDO-RS and WADO-RS only: the viewer reads, it never stores or deletes."""
         query = request.url.query.replace("%2C", ",").replace("%2c", ",")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["forwarded"] = f"host={request.url.netloc};proto={request.url.scheme}"
-        upstream = client.build_request(
-            request.method, f"/dicom-web/{path}" + (f"?{query}" if query else ""),
-            headers=headers, content=await request.body(),
-        )  # fmt: skip
+        upstream = client.build_request("GET", f"/dicom-web/{path}" + (f"?{query}" if query else ""), headers=headers)
         response = await client.send(upstream, stream=True)
         return StreamingResponse(
             response.aiter_raw(),

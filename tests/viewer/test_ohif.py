@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +173,11 @@ def _screenshot(page, name: str, tmp_path: Path) -> None:
 
 
 def _assert_no_viewer_error(page, errors: list[str]) -> None:
+    """No error logged, no error toast, and nothing covering the images (investigational-use dialog, tour)."""
     assert errors == []
     assert page.get_by_text("Something went wrong").count() == 0
+    assert page.get_by_text("investigational use").count() == 0
+    assert page.locator(".shepherd-element").count() == 0
 
 
 def _iou(a: list[tuple[float, float]], box: tuple[float, float, float, float]) -> float:
@@ -268,3 +272,11 @@ def test_proxy_makes_orthanc_honour_ohifs_escaped_includefield(stack: ViewerStac
     (direct,) = qido(stack.orthanc_url + "/", query)
     assert through_proxy["00081030"]["Value"] == [study.description]
     assert "00081030" not in direct
+
+
+def test_proxy_is_read_only(stack: ViewerStack, study: Study):
+    request = urllib.request.Request(f"{stack.url}dicom-web/studies/{study.uid}", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405
+    assert qido(stack.url, f"studies?StudyInstanceUID={study.uid}")  # still there
