@@ -57,9 +57,12 @@ class OrthancServer:
     dicom_port: int
     http_port: int
 
-    def get(self, path: str) -> object:
+    def read(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-            return json.loads(response.read())
+            return response.read()
+
+    def get(self, path: str) -> object:
+        return json.loads(self.read(path))
 
     def post(self, path: str, body: object) -> object:
         request = urllib.request.Request(

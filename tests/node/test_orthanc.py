@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import OrthancServer, free_port, require_tool
 from tests.node.conftest import Node, port_open, storescu, wait_for
 
 pytestmark = pytest.mark.xdist_group("node")
@@ -26,7 +27,7 @@ end
 
 
 @pytest.fixture
-def pacs(tmp_path: Path, node: Node):
+def pacs(tmp_path: Path, node: Node) -> Iterator[OrthancServer]:
     """Orthanc with an auto-forward rule to the node, and the node sending its results back."""
     dicom_port, http_port = free_port(), free_port()
     (tmp_path / "forward.lua").write_text(FORWARD_LUA)
@@ -44,31 +45,23 @@ def pacs(tmp_path: Path, node: Node):
     wait_for(lambda: port_open(http_port), 20, "Orthanc")
     node.destinations = [("pacs", "PACS", dicom_port)]
     node.start()
-    yield dicom_port, http_port
+    yield OrthancServer("PACS", dicom_port, http_port)
     proc.terminate()
     proc.wait(timeout=10)
 
 
-def _get(http_port: int, path: str) -> object:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_orthanc_auto_forward_gets_sr_and_captures_into_the_same_study(pacs, node: Node, phantom_set: Path):
-    dicom_port, http_port = pacs
     files = sorted((phantom_set / "P0002").rglob("*.dcm"))
-    assert storescu(dicom_port, files, aet="PACS").returncode == 0
+    assert storescu(pacs.dicom_port, files, aet=pacs.aet).returncode == 0
 
     def series_modalities() -> list[str]:
-        return sorted(s["MainDicomTags"].get("Modality", "") for s in _get(http_port, "/series?expand"))
+        return sorted(s["MainDicomTags"].get("Modality", "") for s in pacs.get("/series?expand"))
 
     wait_for(lambda: {"SR", "OT"} <= set(series_modalities()), 90, "SR and secondary captures in Orthanc")
     time.sleep(8)  # the study becomes stable again and is forwarded again: nothing new may come back
-    assert len(_get(http_port, "/patients")) == 1
-    assert len(_get(http_port, "/studies")) == 1
-    instances = len(_get(http_port, "/instances"))
+    assert len(pacs.get("/patients")) == 1
+    assert len(pacs.get("/studies")) == 1
+    instances = len(pacs.get("/instances"))
     assert instances == len(files) + 1 + len(files) + 1  # radiographs, SR, a CAM per radiograph, summary
     status = node.status()
     assert status["jobs"] == {"done": 1}  # the returning study was recognised, not read again

@@ -18,15 +18,19 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset
+from torchvision.ops import box_iou
 
 from avn_node.phantom.generate import PhantomOptions, generate
+from tests.conftest import OrthancServer
 from tests.node.conftest import storescu, wait_for
 from tests.viewer.conftest import qido
 from viewer.stack import PACS_AET, ViewerStack
 
 pytestmark = pytest.mark.xdist_group("node")
 
+SR_SERIES, CAM_SERIES = "AVN-net report", "AVN-net heat maps"
 IMAGING_MEASUREMENTS = "126010"
 TRACKING_IDENTIFIER, TRACKING_UID = "112039", "112040"
 OHIF_LINES = 5  # OHIF prints a group's first five NUMs
@@ -66,15 +70,12 @@ class Study:
     captures: list[str]  # SOP Instance UIDs of the CAM secondary captures
 
 
-def _orthanc(stack: ViewerStack, path: str, body: object | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(stack.orthanc_url + path, data=data), timeout=30) as r:
-        raw = r.read()
-    return raw if path.endswith("/file") else json.loads(raw)
-
-
 def _code(item: Dataset) -> str:
     return item.ConceptNameCodeSequence[0].CodeValue
+
+
+def _code_meaning(item: Dataset) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning
 
 
 def _groups(sr: Dataset) -> list[Group]:
@@ -97,10 +98,6 @@ def _groups(sr: Dataset) -> list[Group]:
     return groups
 
 
-def _code_meaning(item: Dataset) -> str:
-    return item.ConceptNameCodeSequence[0].CodeMeaning
-
-
 def _through_the_node(stack: ViewerStack, files: list[Path], truth: list | None = None) -> Study:
     """Send ``files`` (one study) to the PACS, wait until the node's SR and captures are back there."""
     sent = storescu(stack.orthanc_dicom_port, files, aet=PACS_AET)
@@ -108,30 +105,32 @@ def _through_the_node(stack: ViewerStack, files: list[Path], truth: list | None 
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     uid = str(first.StudyInstanceUID)
 
-    def results() -> dict[str, list[dict]]:
-        query = {"Level": "Instance", "Query": {"StudyInstanceUID": uid}, "Expand": True}
-        by_series: dict[str, list[dict]] = {}
-        for i in _orthanc(stack, "/tools/find", query):
-            tags = _orthanc(stack, f"/series/{i['ParentSeries']}")["MainDicomTags"]
-            by_series.setdefault(f"{tags['Modality']} {tags.get('SeriesDescription', '')}", []).append(i)
-        return by_series
+    pacs = OrthancServer(PACS_AET, stack.orthanc_dicom_port, stack.orthanc_http_port)
+
+    def series() -> dict[str, list[str]]:
+        """Series description → Orthanc IDs of its instances, for every series of the study."""
+        query = {"Level": "Series", "Query": {"StudyInstanceUID": uid}, "Expand": True}
+        found = pacs.post("/tools/find", query)
+        return {s["MainDicomTags"].get("SeriesDescription", ""): s["Instances"] for s in found}
+
+    def cams(found: dict[str, list[str]]) -> list[str]:
+        return next((v for k, v in found.items() if k.startswith(CAM_SERIES)), [])  # "… (not for diagnostic use)"
 
     def arrived() -> bool:
-        counts = {k.split()[0] + (" CAM" if "heat maps" in k else ""): len(v) for k, v in results().items()}
-        return counts.get("SR") == 1 and counts.get("OT CAM") == len(files)
+        found = series()
+        return len(found.get(SR_SERIES, [])) == 1 and len(cams(found)) == len(files)
 
     wait_for(arrived, 180, "the node's results in the PACS")
-    series = results()
-    (sr_instance,) = series["SR AVN-net report"]
-    sr = pydicom.dcmread(io.BytesIO(_orthanc(stack, f"/instances/{sr_instance['ID']}/file")))
-    captures = next(v for k, v in series.items() if "heat maps" in k)
+    found = series()
+    (sr_instance,) = found[SR_SERIES]
+    sr = pydicom.dcmread(io.BytesIO(pacs.read(f"/instances/{sr_instance}/file")))
     return Study(
         uid=uid,
         patient_id=str(first.PatientID),
         description=str(first.get("StudyDescription", "")),
         truth={r.sop_instance_uid: r for r in truth or []},
         groups=_groups(sr),
-        captures=[c["MainDicomTags"]["SOPInstanceUID"] for c in captures],
+        captures=[pacs.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in cams(found)],
     )
 
 
@@ -181,12 +180,9 @@ def _assert_no_viewer_error(page, errors: list[str]) -> None:
     assert page.locator(".shepherd-element").count() == 0
 
 
-def _iou(a: list[tuple[float, float]], box: tuple[float, float, float, float]) -> float:
-    xs, ys = [p[0] for p in a], [p[1] for p in a]
-    ix = max(0.0, min(max(xs), box[2]) - max(min(xs), box[0]))
-    iy = max(0.0, min(max(ys), box[3]) - max(min(ys), box[1]))
-    inter = ix * iy
-    return inter / ((max(xs) - min(xs)) * (max(ys) - min(ys)) + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+def _iou(corners: list[tuple[float, float]], box: tuple[float, float, float, float]) -> float:
+    xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+    return float(box_iou(torch.tensor([[min(xs), min(ys), max(xs), max(ys)]]), torch.tensor([box]))[0, 0])
 
 
 def test_sr_groups_are_boxes_on_the_femoral_heads_of_the_right_radiographs(study: Study):
@@ -202,7 +198,7 @@ def test_sr_groups_are_boxes_on_the_femoral_heads_of_the_right_radiographs(study
 
 def test_ohif_draws_each_head_box_with_its_probabilities_on_its_radiograph(stack, browser, study: Study, tmp_path):
     page, errors = _open_study(stack, browser, study)
-    page.get_by_text("AVN-net report").dblclick()
+    page.get_by_text(SR_SERIES).dblclick()
     page.locator('[data-cy="no-hydrate-btn"]').click(timeout=60_000)  # read-only: do not track
     page.wait_for_function(f"() => ({SR_ANNOTATIONS})().length >= {len(study.groups)}", timeout=60_000)
     drawn = {a["uid"]: a for a in page.evaluate(SR_ANNOTATIONS)}
@@ -244,7 +240,7 @@ def test_ohif_draws_each_head_box_with_its_probabilities_on_its_radiograph(stack
 
 def test_ohif_shows_the_cam_captures_in_the_same_study(stack, browser, study: Study, tmp_path):
     page, errors = _open_study(stack, browser, study)
-    page.get_by_text("AVN-net heat maps").dblclick()
+    page.get_by_text(CAM_SERIES).dblclick()
     page.wait_for_function(f"() => {json.dumps(study.captures)}.includes(({DISPLAYED_SOP})())", timeout=60_000)
     _screenshot(page, "ohif-cam.png", tmp_path)
     _assert_no_viewer_error(page, errors)
@@ -258,7 +254,7 @@ def test_ohif_shows_an_sr_whose_radiograph_has_no_femoral_head_found(stack, brow
     real = Path(__file__).parents[1] / "data/real-dicom/nema_wg04_rg2/RG2_UNC_derived_from_JPLL.dcm"
     study = _through_the_node(stack, [real])
     page, errors = _open_study(stack, browser, study)
-    page.get_by_text("AVN-net report").dblclick()
+    page.get_by_text(SR_SERIES).dblclick()
     page.locator('[data-cy="no-hydrate-btn"]').click(timeout=60_000)
     page.wait_for_function(f"() => ({SR_ANNOTATIONS})().length >= {len(study.groups)}", timeout=60_000)
     assert {a["uid"] for a in page.evaluate(SR_ANNOTATIONS)} == {g.uid for g in study.groups}
