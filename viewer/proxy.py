@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
@@ -35,7 +35,9 @@ class SinglePageApp(StaticFiles):
 
 def create_app(dist: Path, app_config: Path, orthanc_url: str) -> FastAPI:
     """The viewer at ``/``, its configuration at ``/app-config.js``, Orthanc's DICOMweb at ``/dicom-web/``."""
-    client = httpx.AsyncClient(base_url=orthanc_url, timeout=120)
+    # No reused connections: Orthanc closes idle keep-alive connections after a second, and a request sent on
+    # one it just closed fails ("Server disconnected without sending a response").
+    client = httpx.AsyncClient(base_url=orthanc_url, timeout=120, limits=httpx.Limits(max_keepalive_connections=0))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -45,13 +47,16 @@ def create_app(dist: Path, app_config: Path, orthanc_url: str) -> FastAPI:
     app = FastAPI(title="avn-node viewer", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.get("/dicom-web/{path:path}")
-    async def dicomweb(path: str, request: Request) -> StreamingResponse:
+    async def dicomweb(path: str, request: Request) -> Response:
         """QIDO-RS and WADO-RS only: the viewer reads, it never stores or deletes."""
         query = request.url.query.replace("%2C", ",").replace("%2c", ",")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["forwarded"] = f"host={request.url.netloc};proto={request.url.scheme}"
         upstream = client.build_request("GET", f"/dicom-web/{path}" + (f"?{query}" if query else ""), headers=headers)
-        response = await client.send(upstream, stream=True)
+        try:
+            response = await client.send(upstream, stream=True)
+        except httpx.TransportError as exc:
+            return PlainTextResponse(f"Orthanc did not answer: {exc!r}", status_code=502)
         return StreamingResponse(
             response.aiter_raw(),
             status_code=response.status_code,
