@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,12 @@ from avn_node.phantom.generate import PhantomOptions, generate
 
 ALL_SYNTAXES = {"explicit": 1.0, "j2k": 1.0, "jpegls": 1.0, "jpeg-lossless": 1.0, "rle": 1.0}
 PHANTOM_SET_OPTIONS = PhantomOptions(studies=12, seed=12, syntax_mix=ALL_SYNTAXES, size_range=(600, 800))
+
+# dcmtk's network timeouts, seconds: connection (-to), association messages (-ta), DIMSE messages (-td); a peer
+# that stops answering fails the call instead of leaving it waiting forever.
+DCMTK_TIMEOUTS = ["-to", "30", "-ta", "30", "-td", "60"]
+DCMTK_SCP_TIMEOUTS = ["-ta", "30", "-td", "60"]
+STORESCU_TIMEOUT_S = 300  # the whole call, as a last resort
 
 
 def require_tool(name: str) -> str:
@@ -38,15 +45,69 @@ def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def dciodvfy_errors(path: Path) -> list[str]:
     """The ``Error`` lines dicom3tools' dciodvfy prints for a file."""
-    out = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
+    out = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on loopback right now, none handed out before in this process.
+
+    Every socket stays bound until all ``n`` are picked, so the kernel cannot give the same port twice, and a
+    port picked for one fixture is never picked again for another in the same run.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+                _HANDED_OUT.add(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """One TCP port free on loopback right now (see ``free_ports``)."""
+    return free_ports(1)[0]
+
+
+_TORCH_GLOBALS = (
+    ("get_num_threads", "set_num_threads"),
+    ("get_default_dtype", "set_default_dtype"),
+    ("is_grad_enabled", "set_grad_enabled"),
+    ("get_float32_matmul_precision", "set_float32_matmul_precision"),
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals() -> Iterator[None]:
+    """Undo a test's changes to torch's process-wide settings (threads, determinism, dtype, grad, RNG).
+
+    Only where torch is already imported, so tests that do not need torch do not pay for its import; in a
+    whole-suite run the test modules that use torch import it at collection, before any test runs.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    saved = [(setter, getattr(torch, getter)()) for getter, setter in _TORCH_GLOBALS]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = torch.random.get_rng_state()
+    yield
+    for setter, value in saved:
+        getattr(torch, setter)(value)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.random.set_rng_state(rng)
 
 
 @dataclass(frozen=True)
@@ -76,7 +137,7 @@ class OrthancServer:
 def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
     """A fresh Orthanc archive (Debian package) accepting any caller, stopped after the test."""
     binary = require_tool("Orthanc")
-    server = OrthancServer("ARCHIVE", free_port(), free_port())
+    server = OrthancServer("ARCHIVE", *free_ports(2))
     config = {
         "Name": "avn-node test archive",
         "StorageDirectory": str(tmp_path / "orthanc-db"),

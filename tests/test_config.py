@@ -32,7 +32,7 @@ def test_cli_serve_exits_2_on_bad_config(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[node]\nport = 'eleven'\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "avn_node", "serve", "--config", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "avn_node", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and '"node.port"' in proc.stderr
 

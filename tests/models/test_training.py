@@ -115,6 +115,7 @@ def test_cli_train_rejects_unknown_profile(tiny_set: Path, tmp_path: Path):
         ],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "--profile" in proc.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import DCMTK_SCP_TIMEOUTS, DCMTK_TIMEOUTS, STORESCU_TIMEOUT_S, free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COPIES = Path(tempfile.gettempdir()) / f"avn-node-test-copies-{os.getpid()}"
@@ -34,6 +34,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 @dataclass
@@ -104,7 +116,7 @@ min_free_disk_mb = 1
 
         out = subprocess.run(
             [sys.executable, "-m", "avn_node", "status", "--json", "--config", str(self.config)],
-            capture_output=True, text=True, check=True, cwd=ROOT,
+            capture_output=True, text=True, check=True, cwd=ROOT, timeout=60,
         )  # fmt: skip
         return json.loads(out.stdout)
 
@@ -127,13 +139,15 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
     folder.mkdir()
     arch = Archive(folder, free_port())
     proc = subprocess.Popen(
-        [require_tool("storescp"), "-aet", arch.aet, "-od", str(folder), "+uf", str(arch.port)],
+        [require_tool("storescp"), *DCMTK_SCP_TIMEOUTS, "-aet", arch.aet, "-od", str(folder), "+uf", str(arch.port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_for(lambda: port_open(arch.port), 10, "storescp")
-    yield arch
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        wait_for(lambda: port_open(arch.port) or proc.poll() is not None, 10, "storescp")
+        assert proc.poll() is None, f"storescp exited with {proc.returncode}"
+        yield arch
+    finally:
+        stop_process(proc)
 
 
 @pytest.fixture
@@ -164,6 +178,7 @@ def storescu(port: int, files: list[Path], aet: str = "AVN_NODE") -> subprocess.
     return subprocess.run(
         [
             require_tool("storescu"),
+            *DCMTK_TIMEOUTS,
             "--required",
             "-aet",
             "MODALITY",
@@ -175,4 +190,5 @@ def storescu(port: int, files: list[Path], aet: str = "AVN_NODE") -> subprocess.
         ],  # fmt: skip
         capture_output=True,
         text=True,
+        timeout=STORESCU_TIMEOUT_S,
     )

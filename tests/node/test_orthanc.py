@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import OrthancServer, free_port, require_tool
-from tests.node.conftest import Node, port_open, storescu, wait_for
+from tests.conftest import OrthancServer, free_ports, require_tool
+from tests.node.conftest import Node, port_open, stop_process, storescu, wait_for
 
 pytestmark = pytest.mark.xdist_group("node")
 
@@ -29,7 +29,7 @@ end
 @pytest.fixture
 def pacs(tmp_path: Path, node: Node) -> Iterator[OrthancServer]:
     """Orthanc with an auto-forward rule to the node, and the node sending its results back."""
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = free_ports(2)
     (tmp_path / "forward.lua").write_text(FORWARD_LUA)
     config = {
         "Name": "avn-node test PACS", "StorageDirectory": str(tmp_path / "orthanc"),
@@ -42,12 +42,14 @@ def pacs(tmp_path: Path, node: Node) -> Iterator[OrthancServer]:
     (tmp_path / "orthanc.json").write_text(json.dumps(config))
     proc = subprocess.Popen([require_tool("Orthanc"), str(tmp_path / "orthanc.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_for(lambda: port_open(http_port), 20, "Orthanc")
-    node.destinations = [("pacs", "PACS", dicom_port)]
-    node.start()
-    yield OrthancServer("PACS", dicom_port, http_port)
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        wait_for(lambda: port_open(http_port) or proc.poll() is not None, 20, "Orthanc")
+        assert proc.poll() is None, f"Orthanc exited with {proc.returncode}"
+        node.destinations = [("pacs", "PACS", dicom_port)]
+        node.start()
+        yield OrthancServer("PACS", dicom_port, http_port)
+    finally:
+        stop_process(proc)
 
 
 def test_orthanc_auto_forward_gets_sr_and_captures_into_the_same_study(pacs, node: Node, phantom_set: Path):

@@ -57,9 +57,9 @@ def test_capture_draws_heat_map_where_the_cam_peaks(one_study_case):
 
 
 def test_capture_shows_monochrome1_source_bone_bright(one_study_case):
-    r, source = _first(one_study_case)
+    r, shared = _first(one_study_case)
+    source = copy.deepcopy(shared)  # the session's dataset stays as read: other tests use it
     if source.PhotometricInterpretation != "MONOCHROME2" or source.file_meta.TransferSyntaxUID.is_compressed:
-        source = copy.deepcopy(source)
         source.decompress(generate_instance_uid=False)
         source.PhotometricInterpretation = "MONOCHROME2"
     inverted = copy.deepcopy(source)

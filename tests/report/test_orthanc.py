@@ -7,13 +7,14 @@ import subprocess
 from pathlib import Path
 
 from avn_node.report.results import build_result_sets
-from tests.conftest import OrthancServer, require_tool
+from tests.conftest import DCMTK_TIMEOUTS, STORESCU_TIMEOUT_S, OrthancServer, require_tool
 
 
 def _storescu(server: OrthancServer, files: list[Path]) -> None:
     """dcmtk storescu, proposing each file's own transfer syntax (``--required``)."""
-    command = [require_tool("storescu"), "--required", "-aet", "AVN_NODE", "-aec", server.aet, "127.0.0.1"]
-    proc = subprocess.run([*command, str(server.dicom_port), *map(str, files)], capture_output=True, text=True)
+    command = [require_tool("storescu"), *DCMTK_TIMEOUTS, "--required", "-aet", "AVN_NODE", "-aec", server.aet]
+    proc = subprocess.run([*command, "127.0.0.1", str(server.dicom_port), *map(str, files)], capture_output=True,
+                          text=True, timeout=STORESCU_TIMEOUT_S)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
 
 

@@ -26,7 +26,8 @@ def _save(ds: Dataset, path: Path) -> Path:
 
 
 def _dsrdump(path: Path) -> str:
-    return subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, check=True,
+                          timeout=60).stdout  # fmt: skip
 
 
 def _sr(case_and_sources, version: int = 1, previous=()) -> Dataset:

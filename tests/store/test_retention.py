@@ -31,7 +31,7 @@ def test_purge_deletes_old_files_and_keeps_rows(tmp_path: Path):
                            sha256="0" * 64, size_bytes=1, received_at=utcnow() - timedelta(days=age)))  # fmt: skip
         s.commit()
     proc = subprocess.run([sys.executable, "-m", "avn_node", "purge", "--older-than", "5", "--config",
-                           str(_config(tmp_path))], capture_output=True, text=True)  # fmt: skip
+                           str(_config(tmp_path))], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "1 files deleted" in proc.stdout
     assert not old.exists() and new.exists()
     with sessions() as s:
@@ -42,5 +42,5 @@ def test_purge_deletes_old_files_and_keeps_rows(tmp_path: Path):
 
 def test_deliveries_retry_needs_ids_or_all(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "avn_node", "deliveries", "retry", "--config", str(_config(tmp_path))],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "--all" in proc.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import free_ports, require_tool
 from tests.node.conftest import WEIGHTS
 from viewer.stack import DICOMWEB_PLUGIN, ViewerStack, ohif_dist
 
@@ -35,9 +35,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStack]:
     if not DICOMWEB_PLUGIN.is_file():
         pytest.fail("Orthanc's DICOMweb plugin is missing: run the tests through `make test`, which installs it")
     root = tmp_path_factory.mktemp("viewer")
+    viewer, orthanc_http, orthanc_dicom, node = free_ports(4)
     with ViewerStack(
-        root, ohif_dist(ROOT / "build"), WEIGHTS, viewer_port=free_port(), orthanc_http_port=free_port(),
-        orthanc_dicom_port=free_port(), node_port=free_port(), stable_seconds=1,
+        root, ohif_dist(ROOT / "build"), WEIGHTS, viewer_port=viewer, orthanc_http_port=orthanc_http,
+        orthanc_dicom_port=orthanc_dicom, node_port=node, stable_seconds=1,
     ) as running:  # fmt: skip
         yield running
 
