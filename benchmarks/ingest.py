@@ -23,10 +23,20 @@ from benchmarks.common import summary, write_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now: every socket stays bound until all are picked."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_ports(1)[0]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -41,10 +51,21 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise RuntimeError("receiver did not start")
 
 
+def _stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def _send(port: int, aet: str, files: list[Path]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, files)], check=True,
-                   capture_output=True)  # fmt: skip
+    # dcmtk's connection, association and DIMSE timeouts, and a bound on the whole call: a stuck peer fails
+    subprocess.run(["storescu", "-to", "30", "-ta", "30", "-td", "120", "-aec", aet, "127.0.0.1", str(port),
+                    *map(str, files)], check=True, capture_output=True, timeout=900)  # fmt: skip
     return time.perf_counter() - t0
 
 
@@ -55,8 +76,7 @@ def _timed_receiver(command: list[str], port: int, aet: str, files: list[Path]) 
         _wait_port(port, proc)
         return _send(port, aet, files)
     finally:
-        proc.terminate()
-        proc.wait()
+        _stop(proc)
 
 
 def storescp_run(files: list[Path], work: Path) -> float:

@@ -29,7 +29,7 @@ from pynetdicom.presentation import build_context
 from avn_node.phantom.dicom import TRANSFER_SYNTAXES
 from avn_node.phantom.generate import PhantomOptions, generate
 from benchmarks.common import summary, write_results
-from benchmarks.ingest import ROOT, _free_port, _wait_port
+from benchmarks.ingest import ROOT, _free_ports, _stop, _wait_port
 
 IDLE_SECONDS = 1.0
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -106,7 +106,7 @@ def main() -> None:
     per_syntax = {"explicit": 3 if args.quick else 20, **{s: 1 if args.quick else 4 for s in TRANSFER_SYNTAXES
                                                           if s != "explicit"}}  # fmt: skip
     base = Path(tempfile.mkdtemp(prefix="node-bench-"))
-    archive, node_port, archive_port = base / "archive", _free_port(), _free_port()
+    archive, (node_port, archive_port) = base / "archive", _free_ports(2)
     archive.mkdir()
     data = base / "node"
     config = base / "node.toml"
@@ -149,10 +149,8 @@ def main() -> None:
             time.sleep(IDLE_SECONDS + 2)
         rss_peak = _rss_mib(node.pid, "VmHWM")
     finally:
-        node.terminate()
-        node.wait(timeout=120)
-        storescp.terminate()
-        storescp.wait()
+        _stop(node, 120)
+        _stop(storescp)
         shutil.rmtree(base)
 
     def quantiles(values: list[float]) -> dict[str, float]:

@@ -28,6 +28,7 @@ OHIF_VERSION = "3.13.2"
 OHIF_INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 APP_CONFIG = Path(__file__).with_name("app-config.js")
+NPM_TIMEOUT_S = 600  # one download of the OHIF tarball; a stalled registry fails instead of waiting forever
 PACS_AET = "PACS"
 NODE_AET = "AVN_NODE"
 
@@ -57,7 +58,7 @@ def ohif_dist(cache: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         subprocess.run(
             [npm, "pack", f"{OHIF_PACKAGE}@{OHIF_VERSION}", "--silent", "--pack-destination", tmp],
-            check=True, stdout=subprocess.DEVNULL,
+            check=True, stdout=subprocess.DEVNULL, timeout=NPM_TIMEOUT_S,
         )  # fmt: skip
         tarball = next(Path(tmp).glob("*.tgz"))
         digest = "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
