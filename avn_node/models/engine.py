@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou, roi_align
 
+from avn_node.models.augment import RandomAffine, photometric, rotate
 from avn_node.models.classifier import AvnClassifier, focal_loss
 from avn_node.models.dataset import CACHE_SCALE, PreparedSet
 from avn_node.models.detector import FEMORAL_HEAD_LABEL, to_detector_input
@@ -21,12 +22,19 @@ from avn_node.models.transforms import CROP_SCALES, standardise
 
 Progress = Callable[[int], None]
 BN_BATCHES = 12
+PHOTOMETRIC = photometric()
+DETECTOR_AFFINE = RandomAffine()
+CROP_ROTATION_P = 0.5
+CROP_ROTATION_DEGREES = 10.0
+"""Turn of a classifier crop: the cache (1.4 × the box) still covers a scale-1.05 crop turned by 10°."""
 
 
 def detector_batch(
     data: PreparedSet, indices: np.ndarray, size: int, rng: np.random.Generator | None
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Letterboxed detector inputs and targets; with ``rng``: random zoom, placement, flip and gamma."""
+    """Letterboxed detector inputs and targets; with ``rng``: random zoom, flip, small affine, the photometric
+    chain of :mod:`avn_node.models.augment`, and placement.
+    """
     images, targets = [], []
     for i in indices:
         image = torch.from_numpy(data.det_images[i]).float().div_(255)
@@ -45,7 +53,8 @@ def detector_batch(
             if rng.random() < 0.5:
                 image = image.flip(1)
                 boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
-            image = image.clamp_min(0).pow(float(rng.uniform(0.7, 1.4)))
+            image, boxes = DETECTOR_AFFINE(image, boxes, rng)
+            image = PHOTOMETRIC(image[None, None], rng)[0, 0]
             offset = (rng.random(), rng.random())
         h, w = image.shape
         pad_x, pad_y = int((size - w) * offset[0]), int((size - h) * offset[1])
@@ -67,9 +76,15 @@ def classifier_batch(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Standardised crops at ``scales`` (per index; default 0.95, the middle paper scale) and labels.
 
-    With ``rng``: centre jitter, a left–right flip that swaps the side label, and gamma.
+    With ``rng``: a small rotation, centre jitter, a left–right flip that swaps the side label, and the
+    photometric chain of :mod:`avn_node.models.augment`.
     """
     cache = torch.from_numpy(data.crops[indices]).float().div_(255)[:, None]
+    if rng is not None:
+        turn = torch.from_numpy(rng.random(len(indices)) < CROP_ROTATION_P)
+        if bool(turn.any()):
+            degrees = rng.uniform(-CROP_ROTATION_DEGREES, CROP_ROTATION_DEGREES, int(turn.sum()))
+            cache[turn] = rotate(cache[turn], degrees)
     c = cache.shape[-1]
     side_px = c / CACHE_SCALE
     rois = []
@@ -86,8 +101,7 @@ def classifier_batch(
         flip = torch.from_numpy(rng.random(len(indices)) < 0.5)
         crops[flip] = crops[flip].flip(-1)
         side[flip] = 1 - side[flip]
-        gamma = torch.from_numpy(rng.uniform(0.7, 1.4, len(indices))).float()
-        crops = crops.clamp_min(0).pow(gamma[:, None, None, None])
+        crops = PHOTOMETRIC(crops, rng)
     labels = {
         "view": torch.from_numpy(data.view[indices]),
         "side": side,
