@@ -59,6 +59,13 @@ def phantom(
     size_range: Annotated[
         tuple[int, int], typer.Option(help="Detector size range in pixels (pixel spacing adapts).")
     ] = (1500, 3000),
+    style: Annotated[
+        str,
+        typer.Option(
+            help="Rendering style weights: classic (the original look), varied (randomised anatomy, hardware and "
+            "image chain), alt (a film-screen look written to differ from both), e.g. classic=1,varied=3."
+        ),
+    ] = "classic",
     preview: Annotated[
         bool, typer.Option(help="Also write preview.png: an AP and an FL per stage, boxes and labels.")
     ] = False,
@@ -81,6 +88,7 @@ def phantom(
         kwargs["syntax_mix"] = _parse_mix(syntax_mix, "--syntax-mix")
     if shape_mix:
         kwargs["shape_mix"] = _parse_mix(shape_mix, "--shape-mix")
+    kwargs["style_mix"] = _parse_mix(style, "--style") if "=" in style else {style: 1.0}
     try:
         options = PhantomOptions(
             studies=studies,

@@ -7,7 +7,6 @@ training draws its random-scale crops, and the labels (view, side, stage, notes)
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from avn_node.ground_truth import NOTES, STAGES, GroundTruth, RadiographTruth
 from avn_node.models.classifier import SIDE_CLASSES, VIEW_CLASSES
 from avn_node.models.pixels import load_radiograph
 from avn_node.models.transforms import crop, square_box
+from avn_node.parallel import process_map
 
 CACHE_SCALE = 1.4
 """Side of a cached head crop relative to its box: room for scale 1.05 plus centre jitter."""
@@ -76,7 +76,7 @@ def _prepare_one(args: tuple[Path, RadiographTruth, int, int]) -> tuple[np.ndarr
 
 
 def prepare(root: Path, det_size: int, crop_size: int, workers: int = 2, progress: bool = True) -> PreparedSet:
-    """Decode every radiograph of ``root/ground_truth.json`` once (``workers`` processes)."""
+    """Decode every radiograph of ``root/ground_truth.json`` once (``workers`` spawned processes)."""
     from rich.progress import track
 
     truth = GroundTruth.load(root)
@@ -84,9 +84,8 @@ def prepare(root: Path, det_size: int, crop_size: int, workers: int = 2, progres
     jobs = [(root / r.file, r, det_size, cache_pixels) for r in truth.radiographs]
     patients = sorted({r.patient_id for r in truth.radiographs})
     pindex = {p: i for i, p in enumerate(patients)}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_prepare_one, jobs, chunksize=4)
-        results = list(track(results, total=len(jobs), description="Decoding radiographs", disable=not progress))
+    results = process_map(_prepare_one, jobs, workers, chunksize=4)
+    results = list(track(results, total=len(jobs), description="Decoding radiographs", disable=not progress))
     det_images, det_boxes, crops = [], [], []
     view, side, stage, notes, head_patient = [], [], [], [], []
     for r, (det, boxes, head_crops) in zip(truth.radiographs, results, strict=True):

@@ -17,7 +17,9 @@ from PIL import Image
 from avn_node.ground_truth import Side, View
 from avn_node.phantom.lesions import DomeSector, HeadFrame, HeadLesion, LesionEffects, effects, joint_gap_factor
 from avn_node.phantom.projection import Array, Bone, Canvas, Capsule, Ellipsoid, Point, accumulate
+from avn_node.phantom.variation import AnatomyExtras, Implant
 
+CLASSIC_EXTRAS = AnatomyExtras()
 SIDE_SIGN = {Side.R: -1.0, Side.L: 1.0}
 """World x of a side's hip: the patient's right at negative x."""
 
@@ -40,6 +42,15 @@ class Patient:
     thigh_radius: float
     pelvic_height: float
     bone_island: dict[Side, tuple[float, float, float] | None]
+    extras: AnatomyExtras | None = None
+    """Spine, gas, implants and shape-family details of the varied styles (None: the classic phantom)."""
+
+    @property
+    def look(self) -> AnatomyExtras:
+        return self.extras or CLASSIC_EXTRAS
+
+    def implant(self, side: Side) -> Implant:
+        return self.look.implants.get(side, Implant())
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Patient:
@@ -106,7 +117,10 @@ class PathMaps:
     cancellous: Array
     extra: Array
     head_outlines: dict[Side, tuple[float, float, float, float] | None | str]
-    """Per side: outline box in pixels, None (outside the image) or "partial" (cut by its edge)."""
+    """Per side: outline box in pixels, None (outside the image), "partial" (cut by its edge) or
+    "prosthesis" (an arthroplasty: no femoral head to find)."""
+    trabecular: float = 0.12
+    trabecular_scale: float = 1.0
 
 
 def _unit(x: float, y: float) -> Point:
@@ -146,11 +160,49 @@ def render(
         cancellous=np.zeros(shape, np.float32),
         extra=np.zeros(shape, np.float32),
         head_outlines={},
+        trabecular=patient.look.trabecular,
+        trabecular_scale=patient.look.trabecular_scale,
     )
     _sacrum(canvas, patient, pose, maps)
+    if patient.extras is not None:
+        _extras(canvas, patient, pose, maps)
     for side in (Side.R, Side.L):
         _hip(canvas, patient, pose, side, lesions[side], maps)
     return maps
+
+
+def _extras(canvas: Canvas, patient: Patient, pose: Pose, maps: PathMaps) -> None:
+    """Lumbar spine, bowel gas, skin folds, shield, buttons and calcified vessels of the varied styles."""
+    look = patient.look
+    k = patient.hip_distance / 176.0
+    ty = patient.pelvic_height
+    for i in range(look.spine_levels):
+        y = (-165 - 40 * (i + 1)) * ty * k
+        x = pose.symphysis_shift * 0.05 * (i + 1)
+        spine = Bone(canvas)
+        spine.add(Ellipsoid((x, y), 25 * k, 16 * k, 18 * k), 1.6)
+        for sgn in (-1.0, 1.0):
+            spine.add(Ellipsoid((x + sgn * 15 * k, y - 4 * k), 5 * k, 7 * k, 9 * k), 1.5)
+            spine.add(Capsule((x + sgn * 18 * k, y), (x + sgn * (42 + 4 * i) * k, y - 2 * k), 5 * k, 3 * k, 1.2), 1.2)
+        spine.add(Ellipsoid((x, y + 6 * k), 5 * k, 9 * k, 6 * k), 1.2)
+        spine.render(maps.cortical, maps.cancellous)
+    for gx, gy, a, b, share in look.gas:
+        accumulate(canvas, maps.soft, Ellipsoid((gx, gy), a, b, min(a, b) * 1.5), -share)
+    np.maximum(maps.soft, 0.0, out=maps.soft)
+    for x0, y0, x1, y1, r in look.folds:
+        accumulate(canvas, maps.soft, Capsule((x0, y0), (x1, y1), r, r, 1.0), 1.0)
+    if look.shield is not None:
+        sx, sy, half = look.shield
+        accumulate(canvas, maps.extra, Ellipsoid((sx, sy), half, 0.6 * half, 0.4), 150.0)
+    for bx, by, r in look.buttons:
+        accumulate(canvas, maps.extra, Ellipsoid((bx, by), r, r, 1.0), 30.0)
+    for side in look.vessels:
+        sgn = SIDE_SIGN[side]
+        x = sgn * (patient.hip_distance / 2 - patient.head_radius * 1.4)
+        for j in range(8):
+            y0 = -40.0 + 30 * j
+            p0, p1 = (x + sgn * 2.0 * j, y0), (x + sgn * 2.0 * (j + 0.6), y0 + 18)
+            accumulate(canvas, maps.cortical, Capsule(p0, p1, 1.3, 1.3, 1.0), 1.0)
 
 
 def _soft_tissue(canvas: Canvas, patient: Patient, pose: Pose, step: int) -> Array:
@@ -179,7 +231,7 @@ def _soft_tissue(canvas: Canvas, patient: Patient, pose: Pose, step: int) -> Arr
         )
         np.maximum(t, thigh.path(w.x, w.y), out=t)
     full = Image.fromarray(t, mode="F").resize((canvas.cols, canvas.rows), Image.Resampling.BILINEAR)
-    return np.asarray(full, dtype=np.float32)
+    return np.array(full, dtype=np.float32)
 
 
 def _shaft_direction(pose: Pose, sgn: float) -> Point:
@@ -217,6 +269,8 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     head_center = _add(acetabulum, (dome, patient.joint_gap * (1.0 - joint_gap_factor(lesion))))
     head = HeadFrame(head_center, r, dome)
     fx: LesionEffects = effects(lesion, head)
+    implant = patient.implant(side)
+    replaced = implant.kind == "arthroplasty"
     symphysis = (pose.symphysis_shift + sgn * 13 * k, 30 * ty * k)
     tuberosity = _add(acetabulum, (med, 0.6 * r), (up, -2.8 * r * ty))
 
@@ -244,8 +298,9 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     rim = 1.6 + fx.socket_cortex_extra_mm
     roof = HeadFrame(acetabulum, socket, dome)
     # the roof (sourcil): only rays grazing the socket's shell cross enough bone to show
-    accumulate(canvas, maps.cortical, DomeSector(cup.shrunk(-rim), roof, math.radians(80), socket - 0.5), 1.0)
-    accumulate(canvas, maps.cortical, DomeSector(cup, roof, math.radians(80), socket - 0.5), -1.0)
+    cover = math.radians(80 * (1.0 + patient.look.socket_depth))
+    accumulate(canvas, maps.cortical, DomeSector(cup.shrunk(-rim), roof, cover, socket - 0.5), 1.0)
+    accumulate(canvas, maps.cortical, DomeSector(cup, roof, cover, socket - 0.5), -1.0)
     for osteophyte in fx.osteophytes:
         accumulate(canvas, maps.cortical, osteophyte, 1.0)
     # pelvic brim (iliopectineal line) and teardrop: thin cortical lines
@@ -274,9 +329,13 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     to_head = _neck_direction(shaft, pose.neck_shaft_projected_deg, sgn)
     junction = _add(head_center, (to_head, -patient.neck_length * pose.neck_projection))
     femur = Bone(canvas)
-    head_solid = Ellipsoid(head_center, r, r, r, modulation=fx.head_modulation, cut=fx.head_cut)
-    femur.add(head_solid, 1.0)
-    femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
+    aspect = patient.look.head_aspect
+    head_solid = Ellipsoid(head_center, r, r * aspect, r, modulation=fx.head_modulation, cut=fx.head_cut)
+    if replaced:  # head and most of the neck resected
+        femur.add(Capsule(_add(head_center, (to_head, -0.75 * patient.neck_length)), junction, 0.7 * r, 0.82 * r), 1.6)
+    else:
+        femur.add(head_solid, patient.look.head_cortex)
+        femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
     femur.add(
         Capsule(
             _add(junction, (shaft, -0.3 * r)),
@@ -298,6 +357,11 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     lesser = _add(junction, (shaft, 1.5 * r), (med, (0.45 + 0.45 * pose.lesser_trochanter) * r))
     femur.add(Ellipsoid(lesser, 0.5 * r, 0.33 * r, 0.4 * r, angle), 1.0)
     femur.render(maps.cortical, maps.cancellous)
+    if replaced:
+        _arthroplasty(canvas, implant, head_center, r, to_head, junction, shaft, roof, maps)
+        outline = _outline(canvas, head_solid)
+        maps.head_outlines[side] = "prosthesis" if isinstance(outline, tuple) else outline
+        return
 
     # normal trabecular architecture (every head), then the lesion
     accumulate(
@@ -312,7 +376,67 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
         accumulate(canvas, maps.extra, Ellipsoid(head.at(island[0], island[1]), island[2], island[2], island[2]), 1.2)
     for solid, dmu in fx.density:
         accumulate(canvas, maps.extra, solid, dmu)
+    if implant.kind != "none":
+        _fixation(canvas, implant, head, to_head, junction, shaft, lat, patient, maps)
     maps.head_outlines[side] = _outline(canvas, head_solid)
+
+
+def _arthroplasty(
+    canvas: Canvas,
+    implant: Implant,
+    center: Point,
+    r: float,
+    to_head: Point,
+    junction: Point,
+    shaft: Point,
+    roof: HeadFrame,
+    maps: PathMaps,
+) -> None:
+    """A metal prosthetic head on a stem down the femoral canal, and an acetabular cup."""
+    ball = 0.62 * r
+    accumulate(canvas, maps.extra, Ellipsoid(center, ball, ball, ball), implant.metal)
+    neck = _add(center, (to_head, -0.9 * r))
+    accumulate(canvas, maps.extra, Capsule(center, neck, 0.3 * r, 0.32 * r), implant.metal)
+    accumulate(canvas, maps.extra, Capsule(neck, _add(junction, (shaft, 130.0)), 0.42 * r, 0.2 * r, 0.8), implant.metal)
+    if implant.cup:
+        shell = Ellipsoid(roof.center, r + 1.0, r + 1.0, r + 1.0)
+        accumulate(canvas, maps.extra, DomeSector(shell, roof, math.radians(95), r - 3.0), implant.metal * 0.8)
+        accumulate(
+            canvas, maps.extra, DomeSector(shell.shrunk(3.0), roof, math.radians(95), r - 3.0), -implant.metal * 0.8
+        )
+
+
+def _fixation(
+    canvas: Canvas,
+    implant: Implant,
+    head: HeadFrame,
+    to_head: Point,
+    junction: Point,
+    shaft: Point,
+    lat: Point,
+    patient: Patient,
+    maps: PathMaps,
+) -> None:
+    """Screws through the neck into the head, with an intramedullary nail or a lateral plate."""
+    r = head.radius
+    across = (-to_head[1], to_head[0])
+    radius = 3.2 if implant.kind == "screws" else 5.5
+    offsets = np.linspace(-1, 1, implant.screws) * implant.spread * r if implant.screws > 1 else [0.0]
+    for off in offsets:
+        tip = _add(head.center, (to_head, 0.45 * r), (across, float(off)))
+        entry = _add(tip, (to_head, -(patient.neck_length + 1.6 * r)))
+        accumulate(canvas, maps.extra, Capsule(entry, tip, radius, radius * 0.85), implant.metal)
+    if implant.kind == "nail":
+        top = _add(junction, (shaft, -1.6 * r), (lat, 0.3 * r))
+        accumulate(canvas, maps.extra, Capsule(top, _add(junction, (shaft, 260.0)), 5.5, 4.5), implant.metal)
+    elif implant.kind == "plate":
+        side = _add(junction, (lat, patient.shaft_radius + 2.0), (shaft, 0.6 * r))
+        accumulate(canvas, maps.extra, Capsule(side, _add(side, (shaft, 150.0)), 3.0, 3.0, 4.0), implant.metal)
+        for j in range(4):
+            p = _add(side, (shaft, 25.0 + 33.0 * j))
+            accumulate(
+                canvas, maps.extra, Capsule(p, _add(p, (lat, -2.2 * patient.shaft_radius)), 2.2, 2.2), implant.metal
+            )
 
 
 def _neck_direction(shaft: Point, neck_shaft_deg: float, sgn: float) -> Point:

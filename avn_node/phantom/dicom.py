@@ -155,12 +155,15 @@ def build_dataset(study: StudyInfo, image: ImageInfo, acq: Acquisition, radiogra
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = acq.photometric
     ds.Rows, ds.Columns = acq.rows, acq.cols
-    ds.BitsAllocated = 16
+    ds.BitsAllocated = 8 if acq.bits_stored == 8 else 16
     ds.BitsStored = acq.bits_stored
     ds.HighBit = acq.bits_stored - 1
     ds.PixelRepresentation = 0
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
+    if acq.chain is not None and acq.chain.jpeg_quality:  # an export that went through lossy JPEG once
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
     slope, intercept = acq.rescale
     if dx:
         ds.PixelIntensityRelationship = "LOG"

@@ -9,18 +9,19 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from avn_node import __version__
 from avn_node.ground_truth import FicatStage, GroundTruth, HeadTruth, RadiographTruth, Side, View
+from avn_node.parallel import process_map
 from avn_node.phantom.anatomy import SIDE_SIGN, Patient, Pose, render
 from avn_node.phantom.dicom import TRANSFER_SYNTAXES, ImageInfo, StudyInfo, build_dataset, encode, write
 from avn_node.phantom.imaging import Acquisition, Radiograph, expose
 from avn_node.phantom.lesions import PAPER_STAGE_MIX, HeadLesion, patient_avn_probability, sample_lesion, sample_stages
+from avn_node.phantom.variation import STYLES, sample_extras, sample_patient_changes
 
 GENERATOR_NAME = "avn-node phantom"
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:avn-node:phantom")
@@ -67,6 +68,8 @@ class PhantomOptions:
     shape_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHAPE_MIX))
     fl_unilateral_rate: float = 0.4
     size_range: tuple[int, int] = (1500, 3000)
+    style_mix: dict[str, float] = field(default_factory=lambda: {"classic": 1.0})
+    """Weights of the rendering styles (:data:`~avn_node.phantom.variation.STYLES`), drawn per patient."""
 
     def __post_init__(self) -> None:
         if self.studies < 1:
@@ -78,6 +81,10 @@ class PhantomOptions:
             )
         if set(self.shape_mix) - set(STUDY_SHAPES):
             raise PhantomOptionError(f'Option "--shape-mix" knows only {list(STUDY_SHAPES)}.')
+        if not self.style_mix or set(self.style_mix) - set(STYLES) or sum(self.style_mix.values()) <= 0:
+            raise PhantomOptionError(
+                f'Option "--style" needs positive weights of {list(STYLES)}, got {self.style_mix}.'
+            )
         lo, hi = self.size_range
         if not 256 <= lo <= hi <= 4096:
             raise PhantomOptionError(f'Option "--size-range" needs 256 <= MIN <= MAX <= 4096, got {self.size_range}.')
@@ -92,6 +99,7 @@ class PhantomOptions:
             "shape_mix": self.shape_mix,
             "fl_unilateral_rate": self.fl_unilateral_rate,
             "size_range": list(self.size_range),
+            "style_mix": self.style_mix,
         }
 
 
@@ -121,6 +129,7 @@ class PatientPlan:
     patient: Patient
     lesions: dict[Side, HeadLesion]
     radiographs: list[PlannedRadiograph]
+    style: str = "classic"
 
 
 def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
@@ -132,8 +141,14 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
         return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
 
     patient = Patient.sample(rng)
+    look_rng = np.random.default_rng([options.seed, index, 7])  # the styles' draws leave the classic stream alone
+    style = _choice(look_rng, options.style_mix)
+    if style != "classic":
+        patient = replace(patient, **sample_patient_changes(look_rng, style), extras=sample_extras(look_rng, style))
     stages = sample_stages(rng, options.stage_mix, options.bilateral_rate)
     lesions = {side: sample_lesion(rng, stages[side]) for side in (Side.R, Side.L)}
+    if style != "classic":
+        lesions = {side: replace(lesion, families=True) for side, lesion in lesions.items()}
     shape = _choice(rng, options.shape_mix)
     views = {"ap+fl": [View.AP, View.FL], "ap|fl": [View.AP, View.FL], "ap": [View.AP], "fl": [View.FL]}[shape]
     pid = f"P{index + 1:04d}"
@@ -167,8 +182,12 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
         unilateral = None
         if view is View.FL and rng.random() < options.fl_unilateral_rate:
             unilateral = (Side.R, Side.L)[int(rng.integers(2))]
+        elif style != "classic" and view is View.AP and look_rng.random() < 0.15:  # a tight single-hip AP
+            unilateral = (Side.R, Side.L)[int(look_rng.integers(2))]
         pose = Pose.sample(rng, view, patient)
-        acq = _fit_acquisition(rng, view, unilateral, mod, patient, options.size_range)
+        acq = _fit_acquisition(
+            rng, view, unilateral, mod, patient, options.size_range, style, look_rng if style != "classic" else None
+        )
         same_series = one_series and len(studies) == 1
         series_number = 1 if same_series else j + 1
         correct_lat = unilateral.value if unilateral else "B"
@@ -188,7 +207,7 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
         )
         relpath = f"{pid}/ST{studies.index(study) + 1}/{view.value}.dcm"
         planned.append(PlannedRadiograph(view, unilateral, study, image, relpath, pose, acq))
-    return PatientPlan(patient, lesions, planned)
+    return PatientPlan(patient, lesions, planned, style)
 
 
 def _fit_acquisition(
@@ -198,11 +217,13 @@ def _fit_acquisition(
     modality: str,
     patient: Patient,
     size_range: tuple[int, int],
+    style: str = "classic",
+    look_rng: np.random.Generator | None = None,
 ) -> Acquisition:
     """An acquisition in which the imaged heads lie wholly inside and any other head wholly outside."""
     margin = patient.head_radius + patient.joint_gap + 6.0
     for _ in range(50):
-        acq = Acquisition.sample(rng, view, unilateral, modality, patient.hip_distance, size_range)
+        acq = Acquisition.sample(rng, view, unilateral, modality, patient.hip_distance, size_range, style, look_rng)
         canvas = acq.canvas()
         ok = True
         for side in (Side.R, Side.L):
@@ -243,7 +264,7 @@ def render_radiograph(
     outlines: dict[Side, tuple[float, ...]] = {}
     for side, box in maps.head_outlines.items():
         wanted = item.unilateral is None or side is item.unilateral
-        if wanted != isinstance(box, tuple):
+        if wanted != (isinstance(box, tuple) or box == "prosthesis"):
             raise AssertionError(f"head {side} of {item.relpath} is {box!r}")
         if isinstance(box, tuple):
             outlines[side] = box
@@ -287,19 +308,9 @@ def generate(
     truth = GroundTruth(
         {"name": GENERATOR_NAME, "version": __version__, "seed": options.seed, "options": options.to_json()}
     )
-    if workers <= 1:
-        results = map(generate_patient, jobs)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(generate_patient, jobs)
-    try:
-        for radiographs in results:
-            truth.radiographs.extend(radiographs)
-            if progress:
-                progress(1)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for radiographs in process_map(generate_patient, jobs, workers):
+        truth.radiographs.extend(radiographs)
+        if progress:
+            progress(1)
     truth.dump(out)
     return truth

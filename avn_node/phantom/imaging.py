@@ -8,7 +8,8 @@ with a window or a VOI LUT that a viewer applies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +18,7 @@ from scipy.ndimage import gaussian_filter
 from avn_node.ground_truth import Side, View
 from avn_node.phantom.anatomy import PathMaps
 from avn_node.phantom.projection import Array, Canvas, Point
+from avn_node.phantom.variation import ImageChain, sample_chain
 
 MU_SOFT = 0.0205
 MU_CORTICAL = 0.11
@@ -59,6 +61,8 @@ class Acquisition:
     voi: str
     window_scale: float
     seed: int
+    chain: ImageChain | None = None
+    """The varied styles' image chain and export; None: the classic chain."""
 
     @classmethod
     def sample(
@@ -69,13 +73,23 @@ class Acquisition:
         modality: str,
         hip_distance: float,
         size_range: tuple[int, int] = (1500, 3000),
+        style: str = "classic",
+        look_rng: np.random.Generator | None = None,
     ) -> Acquisition:
-        """One exposure; the detector's pixel count stays in ``size_range`` (pixel spacing adapts)."""
+        """One exposure; the detector's pixel count stays in ``size_range`` (pixel spacing adapts).
+
+        ``look_rng`` draws what the varied styles change (field of view, lumbar spine in the field, chain).
+        """
         spacing = float(rng.choice(DX_SPACINGS_MM if modality == "DX" else CR_SPACINGS_MM))
         if unilateral is None:
             width = rng.uniform(330, 430)
             height = width * rng.uniform(0.72, 0.9)
             center = (rng.uniform(-15, 15), rng.uniform(0, 35))
+            if look_rng is not None:
+                width *= look_rng.uniform(0.95, 1.15)
+                if look_rng.random() < 0.3:  # pelvis with the lumbar spine
+                    height = width * look_rng.uniform(0.95, 1.2)
+                    center = (center[0], look_rng.uniform(-70, -20))
         else:
             width = rng.uniform(200, 290)
             height = width * rng.uniform(0.85, 1.1)
@@ -94,7 +108,7 @@ class Acquisition:
         if modality == "CR" and voi == "window" and rng.random() < 0.4:
             rescale = [(1.0, -1024.0), (0.5, 0.0), (2.0, -4096.0)][int(rng.integers(3))]
         margins = tuple(float(rng.uniform(0.0, 0.07)) if rng.random() < 0.6 else 0.0 for _ in range(4))
-        return cls(
+        acq = cls(
             view=view,
             unilateral=unilateral,
             modality=modality,
@@ -124,6 +138,24 @@ class Acquisition:
             window_scale=rng.uniform(1.2, 1.5),
             seed=int(rng.integers(2**31)),
         )
+        if look_rng is None:
+            return acq
+        chain = sample_chain(look_rng, style, modality)
+        acq = replace(
+            acq,
+            chain=chain,
+            kv_scale=look_rng.uniform(0.75, 1.3),
+            photons=float(np.exp(look_rng.uniform(np.log(150), np.log(5000)))),
+            scatter_ratio=look_rng.uniform(0.2, 2.0),
+            blur_px=look_rng.uniform(0.4, 2.5),
+            edge_enhance=look_rng.uniform(0.0, 2.5),
+            range_compress=look_rng.uniform(0.0, 0.8),
+            processing_sigma_mm=look_rng.uniform(4, 30),
+            collimation=tuple(float(look_rng.uniform(0.0, 0.08)) if look_rng.random() < 0.5 else 0.0 for _ in range(4)),
+        )
+        if chain is not None and chain.bits8:  # an 8-bit export: no modality rescale
+            return replace(acq, bits_stored=8, rescale=(1.0, 0.0))
+        return acq
 
     def canvas(self) -> Canvas:
         """The detector grid of this exposure."""
@@ -158,10 +190,12 @@ def _lowres(img: Array, step: int, sigma_px: float) -> Array:
     return np.asarray(full, dtype=np.float32)
 
 
-def _texture(shape: tuple[int, int], rng: np.random.Generator) -> Array:
-    """Band-pass noise with unit variance: the trabecular pattern of cancellous bone."""
-    small = rng.standard_normal((shape[0] // 2 + 1, shape[1] // 2 + 1), dtype=np.float32)
-    band = gaussian_filter(small, 1.0) - gaussian_filter(small, 3.0)
+def _texture(shape: tuple[int, int], rng: np.random.Generator, scale: float = 1.0) -> Array:
+    """Band-pass noise with unit variance: the trabecular pattern of cancellous bone (``scale``: its grain)."""
+    step = 2 * max(1, int(scale))  # coarse grain is drawn on a coarser grid
+    small = rng.standard_normal((shape[0] // step + 1, shape[1] // step + 1), dtype=np.float32)
+    sigma = 2.0 * scale / step
+    band = gaussian_filter(small, sigma) - gaussian_filter(small, 3.0 * sigma)
     band /= band.std() + 1e-6
     full = Image.fromarray(band, mode="F").resize(shape[::-1], Image.Resampling.BILINEAR)
     return np.asarray(full, dtype=np.float32)
@@ -216,13 +250,16 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     noise with everything else unchanged.
     """
     rng = np.random.default_rng(acq.seed)
-    tex = _texture((acq.rows, acq.cols), rng)
+    tex = _texture((acq.rows, acq.cols), rng, maps.trabecular_scale)
+    chain = acq.chain
     noise_rng = np.random.default_rng([acq.seed, 1, realisation]) if noise else None
     bone = 1.0 / acq.kv_scale  # harder beams lower bone contrast more than soft-tissue attenuation
     soft = np.maximum(maps.soft - maps.cortical - maps.cancellous, 0.0)
     line = soft * np.float32(MU_SOFT * acq.kv_scale**-0.5)
     line += maps.cortical * np.float32(MU_CORTICAL * bone)
-    line += (maps.cancellous * (1.0 + 0.12 * tex) + maps.extra) * np.float32(MU_CANCELLOUS * bone)
+    line += (maps.cancellous * (1.0 + np.float32(maps.trabecular) * tex) + maps.extra) * np.float32(
+        MU_CANCELLOUS * bone
+    )
     line += _marker_mask(acq) * np.float32(4.0)
 
     left, top, right, bottom = acq.collimation
@@ -233,6 +270,8 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     heel_r = 1.0 + acq.heel * np.linspace(-1, 1, acq.rows, dtype=np.float32) * acq.heel_along_rows
     inside = row_p[:, None] * col_p[None, :]
     fluence = (heel_r[:, None] * heel_c[None, :]) * (0.04 + 0.96 * inside)
+    if chain is not None and chain.vignette:
+        fluence *= _vignette(acq.rows, acq.cols, chain.vignette)
     # automatic exposure control: the chamber behind the hips sees ``photons`` per pixel
     r, c = acq.rows // 2, acq.cols // 2
     chamber = float(
@@ -249,17 +288,26 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
     base = _lowres(q, step, acq.processing_sigma_mm / acq.spacing_mm)
     # the modality's automatic levels look at the anatomy away from the hips, so no lesion moves them
     levels = (inside[::step, ::step] > 0.5) & ~_near_hips(maps, acq, step)
-    q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (
-        base - base[::step, ::step][levels].mean()
-    )
+    if chain is None or not chain.film:  # a film-screen system has no digital processing
+        q += np.float32(acq.edge_enhance) * (q - base) - np.float32(acq.range_compress) * (
+            base - base[::step, ::step][levels].mean()
+        )
     field = q[::step, ::step][levels]
     lo, hi = np.percentile(field, [0.5, 99.8])
     span = acq.max_value * rng.uniform(0.6, 0.92)
     offset = acq.max_value * rng.uniform(0.02, 0.06)
-    v = np.clip((q - np.float32(lo)) * np.float32(span / max(hi - lo, 1e-3)) + np.float32(offset), 0, acq.max_value)
-    stored = np.rint(v).astype(np.uint16)
+    if chain is None:
+        v = np.clip((q - np.float32(lo)) * np.float32(span / max(hi - lo, 1e-3)) + np.float32(offset), 0, acq.max_value)
+    else:
+        q = (q - np.float32(lo)) * np.float32(1.0 / max(hi - lo, 1e-3))
+        q = _chain(q, chain, acq, np.random.default_rng([acq.seed, 2, realisation]) if noise else None)
+        v = np.clip(q * np.float32(span) + np.float32(offset), 0, acq.max_value)
+    dtype = np.uint8 if acq.bits_stored == 8 else np.uint16
+    stored = np.rint(v).astype(dtype)
     if acq.photometric == "MONOCHROME1":
-        stored = (acq.max_value - stored).astype(np.uint16)
+        stored = (acq.max_value - stored).astype(dtype)
+    if chain is not None:
+        stored = _export(stored, chain, acq)
 
     slope, intercept = acq.rescale
     body = stored[::step, ::step][levels].astype(np.float64) * slope + intercept
@@ -274,3 +322,57 @@ def expose(maps: PathMaps, acq: Acquisition, noise: bool = True, realisation: in
         x = np.linspace(-4.0, 4.0, n) * (1.0 / acq.window_scale)
         lut = (a, np.rint(65535.0 / (1.0 + np.exp(-x))).astype(np.uint16))
     return Radiograph(stored, window, lut)
+
+
+def _vignette(rows: int, cols: int, strength: float) -> Array:
+    """Radial fall-off of the exposure towards the corners (film-screen cassette, short distance)."""
+    y = np.linspace(-1, 1, rows, dtype=np.float32)[:, None]
+    x = np.linspace(-1, 1, cols, dtype=np.float32)[None, :]
+    return np.float32(1.0) - np.float32(strength) * (x * x + y * y) / np.float32(2.0)
+
+
+def _chain(q: Array, chain: ImageChain, acq: Acquisition, noise_rng: np.random.Generator | None) -> Array:
+    """The varied styles' processing of the normalised attenuation image (0–1 over the body)."""
+    if chain.edge_fine:
+        sigma = chain.fine_sigma_mm / acq.spacing_mm
+        step = max(1, int(sigma / 3))
+        blurred = _lowres(q, step, sigma) if step > 1 else gaussian_filter(q, sigma, truncate=2.5)
+        q = q + np.float32(chain.edge_fine) * (q - blurred)
+    if chain.tone_contrast:
+        s_curve = 1.0 / (1.0 + np.exp(-np.float32(chain.tone_contrast) * (q - np.float32(chain.tone_mid)) * 2))
+        ends = 1.0 / (1.0 + np.exp(-chain.tone_contrast * (np.array([0.0, 1.0]) - chain.tone_mid) * 2))
+        q = ((s_curve - np.float32(ends[0])) / np.float32(ends[1] - ends[0])).astype(np.float32)
+    if chain.tone_gamma != 1.0:
+        q = np.clip(q, 0.0, None) ** np.float32(chain.tone_gamma)
+    if chain.grid_period_px:
+        axis = np.arange(acq.cols if chain.grid_vertical else acq.rows, dtype=np.float32)
+        lines = np.float32(chain.grid_amplitude) * np.sin(axis * np.float32(2 * np.pi / chain.grid_period_px))
+        q = q + (lines[None, :] if chain.grid_vertical else lines[:, None])
+    if noise_rng is not None:
+        if chain.banding:
+            q = q + np.float32(chain.banding) * noise_rng.standard_normal((acq.rows, 1), dtype=np.float32)
+        if chain.mottle:
+            q = q + np.float32(chain.mottle) * _texture(q.shape, noise_rng, 12.0)
+        if chain.grain:
+            q = q + np.float32(chain.grain) * noise_rng.standard_normal(q.shape, dtype=np.float32)
+    return q.astype(np.float32)
+
+
+def _export(stored: Array, chain: ImageChain, acq: Acquisition) -> Array:
+    """Burned-in text in display white, then the lossy JPEG round trip of an 8-bit export."""
+    if chain.text:
+        white = 0 if acq.photometric == "MONOCHROME1" else acq.max_value
+        mask = Image.new("L", (acq.cols, acq.rows), 0)
+        draw = ImageDraw.Draw(mask)
+        font = ImageFont.load_default(size=max(acq.rows // 40, 8))
+        text_rng = np.random.default_rng([acq.seed, 3])
+        for line in chain.text:
+            x = int(text_rng.uniform(0.02, 0.8) * acq.cols)
+            y = int(text_rng.choice([text_rng.uniform(0.01, 0.08), text_rng.uniform(0.9, 0.96)]) * acq.rows)
+            draw.text((x, y), line, fill=255, font=font)
+        stored = np.where(np.asarray(mask) > 127, stored.dtype.type(white), stored)
+    if chain.jpeg_quality and stored.dtype == np.uint8:
+        buffer = io.BytesIO()
+        Image.fromarray(stored).save(buffer, format="JPEG", quality=chain.jpeg_quality)
+        stored = np.asarray(Image.open(buffer), dtype=np.uint8).copy()
+    return stored

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,13 +38,22 @@ class HeadLesion:
     notes: tuple[Note, ...]
     severity: float
     seed: int
+    families: bool = False
+    """Draw each note's appearance from several families (the varied styles); False: the classic look."""
 
     def without(self, note: Note) -> HeadLesion:
         """The same head with one feature left out (for tests of what each note renders)."""
-        return HeadLesion(self.stage, tuple(n for n in self.notes if n != note), self.severity, self.seed)
+        return replace(self, notes=tuple(n for n in self.notes if n != note))
 
     def rng(self, note: Note) -> np.random.Generator:
         return np.random.default_rng([self.seed, list(Note).index(note)])
+
+    def family(self, note: Note, weights: Sequence[float]) -> int:
+        """Which appearance family ``note`` takes (0, the classic one, unless :attr:`families`)."""
+        if not self.families:
+            return 0
+        g = np.random.default_rng([self.seed, list(Note).index(note), 99])
+        return int(g.choice(len(weights), p=np.asarray(weights) / np.sum(weights)))
 
 
 def normalise_mix(mix: dict[FicatStage, float]) -> dict[FicatStage, float]:
@@ -165,7 +174,11 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
         g = lesion.rng(note)
         if note is Note.SCLEROSIS:
             dmu = _ramp(s, 0.12, 0.75)
-            if g.random() < 0.6:  # patchy
+            if lesion.family(note, [2, 1]) == 1:  # diffuse: a hazy density over the weight-bearing segment
+                c = head.at(g.uniform(0.2, 0.45), g.uniform(-0.2, 0.2))
+                a = r * g.uniform(0.5, 0.75)
+                fx.density.append((Ellipsoid(c, a, a * g.uniform(0.6, 0.9), a * 0.8, g.uniform(0, 180)), dmu * 0.6))
+            elif g.random() < 0.6:  # patchy
                 for _ in range(int(g.integers(3, 8))):
                     c = head.at(g.uniform(-0.1, 0.7), g.uniform(-0.55, 0.55))
                     a = r * g.uniform(0.12, 0.28)
@@ -183,9 +196,12 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
                 a = r * g.uniform(0.08, 0.2)
                 cyst = Ellipsoid(c, a, a * g.uniform(0.6, 1.0), a * 0.9, g.uniform(0, 180))
                 fx.density.append((cyst, fill))
+                if lesion.family(note, [1, 1]) == 1:  # a sclerotic rim around each cyst
+                    fx.density.append((cyst.shrunk(-r * 0.04), -fill * 0.6))
+                    fx.density.append((cyst, fill * 0.6))
         elif note is Note.CRESCENT_SIGN:
             depth = r * g.uniform(0.04, 0.08)
-            width = _ramp(s, 0.5, 1.8)
+            width = _ramp(s, 0.5, 1.8) * (1.0, 0.5, 2.0)[lesion.family(note, [1, 1, 1])]  # classic, thin, broad
             shell = Ellipsoid(head.center, r - depth, r - depth, r - depth)
             half = math.radians(g.uniform(30, 60))
             fx.density.append((DomeSector(shell, head, half), -_ramp(s, 0.3, 1.0)))
@@ -193,6 +209,9 @@ def effects(lesion: HeadLesion, head: HeadFrame) -> LesionEffects:
         elif note is Note.SUBCHONDRAL_COLLAPSE:
             flat = _ramp(s, 0.8, 5.5)
             tilt = math.radians(g.uniform(-20, 20))
+            if lesion.family(note, [1, 1]) == 1:  # a step: a steep plane off the dome's centre
+                tilt = math.copysign(math.radians(g.uniform(25, 40)), tilt)
+                flat *= 0.7
             wx, wy = head.dome
             nx, ny = wx * math.cos(tilt) - wy * math.sin(tilt), wx * math.sin(tilt) + wy * math.cos(tilt)
             fx.head_cut = (nx, ny, r - flat)
