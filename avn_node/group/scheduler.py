@@ -100,3 +100,34 @@ def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
         log.info("case %d version %d queued (study %s)", case.id, case.version, study.study_instance_uid)
         queued.append(case.id)
     return queued
+
+
+def reanalyse_studies(session: Session, study_uids: list[str]) -> dict[str, tuple[bool, str]]:
+    """Queue a new version of the case of each study on demand (e.g. after new weights); per UID whether it
+    was queued and what happened.
+
+    Earlier results stay as they are; the new version's SR names the latest earlier SR as its predecessor.
+    """
+    outcome: dict[str, tuple[bool, str]] = {}
+    for uid in study_uids:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+        if study is None:
+            outcome[uid] = (False, "unknown study")
+        elif study.case is None:
+            outcome[uid] = (False, "not analysed yet: it is queued when complete")
+        elif session.scalar(
+            select(func.count(Job.id)).where(
+                Job.case_id == study.case_id, Job.state.in_([JobState.QUEUED, JobState.RUNNING])
+            )
+        ):
+            outcome[uid] = (False, f"case {study.case_id} already has a job queued or running")
+        else:
+            case = study.case
+            case.version += 1
+            case.state = CaseState.PENDING
+            session.add(Job(case_id=case.id, version=case.version))
+            session.add(Event(kind="case.queued", subject=str(case.id), detail=f"version {case.version} on demand"))
+            session.flush()
+            log.info("case %d version %d queued on demand (study %s)", case.id, case.version, uid)
+            outcome[uid] = (True, f"case {case.id} version {case.version} queued")
+    return outcome

@@ -99,3 +99,19 @@ def test_group_does_not_requeue_a_failed_case_without_new_images(session: Sessio
     assert claim_job(session, 600) is None
     assert job.state == "failed"
     assert schedule_cases(session, PIPELINE) == []
+
+
+def test_reanalyse_queues_a_new_version_of_an_analysed_case_and_refuses_unknown_or_busy_ones(session: Session):
+    from avn_node.group.scheduler import reanalyse_studies
+
+    study = _study(session, "1.9", last=T0)
+    close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=30))
+    assert reanalyse_studies(session, ["1.9"]) == {"1.9": (False, "not analysed yet: it is queued when complete")}
+    schedule_cases(session, PIPELINE)
+    first = session.scalars(select(Job)).one()
+    assert reanalyse_studies(session, ["1.9"])["1.9"][0] is False  # version 1 still queued
+    first.state = "done"
+    outcome = reanalyse_studies(session, ["1.9", "9.9"])
+    assert outcome["1.9"] == (True, f"case {study.case_id} version 2 queued")
+    assert outcome["9.9"] == (False, "unknown study")
+    assert [j.version for j in session.scalars(select(Job).order_by(Job.id))] == [1, 2]
