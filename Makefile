@@ -7,7 +7,7 @@ SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium
 SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: setup system-deps run viewer viewer-screenshots test weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
+.PHONY: setup system-deps run viewer viewer-screenshots test test-fast weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -42,9 +42,16 @@ viewer: setup
 viewer-screenshots: setup
 	AVN_VIEWER_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/viewer
 
+# Every test; one stuck longer than its timeout (pyproject: 300 s unless marked) fails with its stacks.
 test: setup
 	$(VENV)/bin/ruff check avn_node tests benchmarks docs viewer
-	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
+
+# The quick loop: no full-size renders, no real peers (dcmtk network tools, Orthanc, the node as a process),
+# no browser.
+test-fast: setup
+	$(VENV)/bin/ruff check avn_node tests benchmarks docs viewer
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not peers and not browser" tests
 
 # Reproduces the shipped demo weights (models/avn-demo-v1) and their evaluation; PROFILE=cpu takes about
 # an hour on 2 CPU cores (see models/avn-demo-v1/model_card.md).

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +28,66 @@ PHANTOM_SET_OPTIONS = PhantomOptions(studies=12, seed=12, syntax_mix=ALL_SYNTAXE
 DCMTK_TIMEOUTS = ["-to", "30", "-ta", "30", "-td", "60"]
 DCMTK_SCP_TIMEOUTS = ["-ta", "30", "-td", "60"]
 STORESCU_TIMEOUT_S = 300  # the whole call, as a last resort
+
+
+PROGRESS_LOG = os.environ.get("AVN_TEST_PROGRESS")
+"""When set, a file where each test's start and end are appended as they happen (.ci/run reads it to name
+the tests still running when the whole run hits its time limit)."""
+
+
+def _progress(event: str, nodeid: str) -> None:
+    # The controller sees every worker's tests start and finish; a worker would write each line twice.
+    if PROGRESS_LOG and "PYTEST_XDIST_WORKER" not in os.environ:
+        with open(PROGRESS_LOG, "a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {event} {nodeid}\n")
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    _progress("start", nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    _progress("end", nodeid)
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
+    """pytest-timeout's thread method, with the stacks on stderr when in an xdist worker.
+
+    A worker's stdout is /dev/null (execnet's channel took it), so pytest-timeout's own dump would be lost;
+    its stderr is the controller's. Like pytest-timeout, the timer then ends the worker, which xdist reports as
+    a crash of that test and replaces.
+    """
+    if settings.method != "thread" or "PYTEST_XDIST_WORKER" not in os.environ:
+        return None  # pytest-timeout's own
+    timer = threading.Timer(settings.timeout, _dump_stacks_and_exit, (item, settings.timeout))
+    timer.name = f"timeout {item.nodeid}"
+    timer.daemon = True
+
+    def cancel() -> None:
+        timer.cancel()
+        timer.join()
+
+    item.cancel_timeout = cancel  # what pytest-timeout's pytest_timeout_cancel_timer calls
+    timer.start()
+    return True
+
+
+def _dump_stacks_and_exit(item: pytest.Item, timeout: float) -> None:
+    try:
+        capman = item.config.pluginmanager.getplugin("capturemanager")
+        if capman:
+            capman.suspend_global_capture(item)  # gives back the real stderr
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        lines = [f"\n+++++ Timeout: {item.nodeid} ran longer than {timeout:g} s (worker {worker}) +++++\n"]
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            if ident != threading.get_ident():
+                lines.append(f"~~~~~ Stack of {names.get(ident, '<unknown>')} ({ident}) ~~~~~\n")
+                lines.extend(traceback.format_stack(frame))
+        sys.stderr.write("".join(lines) + "+++++ Timeout +++++\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(1)
 
 
 def require_tool(name: str) -> str:

@@ -20,7 +20,8 @@ from avn_node.ground_truth import GroundTruth
 from tests.conftest import DCMTK_TIMEOUTS, require_tool
 from tests.node.conftest import Archive, Node, storescu, wait_for
 
-pytestmark = pytest.mark.xdist_group("node")
+# A test may start the node twice and wait twice for results (bounded inside: 60 s, 180 s each).
+pytestmark = [pytest.mark.xdist_group("node"), pytest.mark.peers, pytest.mark.timeout(600)]
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 # How long to wait for results. Only a bound on waiting, not a speed requirement: another xdist worker may be

@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import OrthancServer, free_ports, require_tool
 from tests.node.conftest import Node, port_open, stop_process, storescu, wait_for
 
-pytestmark = pytest.mark.xdist_group("node")
+# Orthanc and the node start (bounded inside: 20 s, 60 s), then up to 90 s for the results and 8 s more.
+pytestmark = [pytest.mark.xdist_group("node"), pytest.mark.peers, pytest.mark.timeout(600)]
 
 # Forward the whole study when it becomes stable, as a PACS auto-forward rule does: the node must recognise
 # its own results and the images it already read when the study comes back (DESIGN §7).

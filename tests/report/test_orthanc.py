@@ -6,8 +6,12 @@ import copy
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from avn_node.report.results import build_result_sets
 from tests.conftest import DCMTK_TIMEOUTS, STORESCU_TIMEOUT_S, OrthancServer, require_tool
+
+pytestmark = pytest.mark.peers
 
 
 def _storescu(server: OrthancServer, files: list[Path]) -> None:

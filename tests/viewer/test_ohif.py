@@ -28,7 +28,9 @@ from tests.node.conftest import storescu, wait_for
 from tests.viewer.conftest import qido
 from viewer.stack import PACS_AET, ViewerStack
 
-pytestmark = pytest.mark.xdist_group("node")
+# The first test also pays for the module's fixtures: the OHIF download (first run), the stack, one study
+# through PACS → node → PACS.
+pytestmark = [pytest.mark.xdist_group("node"), pytest.mark.peers, pytest.mark.timeout(1200)]
 
 SR_SERIES, CAM_SERIES = "AVN-net report", "AVN-net heat maps"
 IMAGING_MEASUREMENTS = "126010"
@@ -196,6 +198,7 @@ def test_sr_groups_are_boxes_on_the_femoral_heads_of_the_right_radiographs(study
         assert _iou(group.corners, head.box) > 0.5, group.identifier
 
 
+@pytest.mark.browser
 def test_ohif_draws_each_head_box_with_its_probabilities_on_its_radiograph(stack, browser, study: Study, tmp_path):
     page, errors = _open_study(stack, browser, study)
     page.get_by_text(SR_SERIES).dblclick()
@@ -238,6 +241,7 @@ def test_ohif_draws_each_head_box_with_its_probabilities_on_its_radiograph(stack
     page.close()
 
 
+@pytest.mark.browser
 def test_ohif_shows_the_cam_captures_in_the_same_study(stack, browser, study: Study, tmp_path):
     page, errors = _open_study(stack, browser, study)
     page.get_by_text(CAM_SERIES).dblclick()
@@ -247,6 +251,7 @@ def test_ohif_shows_the_cam_captures_in_the_same_study(stack, browser, study: St
     page.close()
 
 
+@pytest.mark.browser
 def test_ohif_shows_an_sr_whose_radiograph_has_no_femoral_head_found(stack, browser, tmp_path):
     """A real CR hip on which the demo detector finds no head: its "FH not found" group outlines the image,
     so OHIF still shows the SR (a group without an image region would blank it).
