@@ -121,8 +121,16 @@ def train(
     version: Annotated[str, typer.Option(help="Model version string (default: the folder name).")] = "",
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     workers: Annotated[int, typer.Option(help="Processes decoding the radiographs.")] = 2,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune from this weights folder (its detector and crop sizes replace the profile's)."),
+    ] = None,
+    freeze_trunk: Annotated[
+        bool,
+        typer.Option(help="With --init-from: train only the heads (detector backbone and classifier trunk frozen)."),
+    ] = False,
 ) -> None:
-    """Train the femoral-head detector and the AVN-net classifier (DESIGN §3)."""
+    """Train the femoral-head detector and the AVN-net classifier, or fine-tune existing weights (DESIGN §3)."""
     import sys
 
     from avn_node.ground_truth import GROUND_TRUTH_FILE
@@ -132,12 +140,43 @@ def train(
         raise typer.BadParameter(f"expected one of {', '.join(PRESETS)}, got {profile!r}", param_hint="--profile")
     if not (data / GROUND_TRUTH_FILE).is_file():
         raise typer.BadParameter(f"{data} has no {GROUND_TRUTH_FILE}", param_hint="--data")
+    if freeze_trunk and init_from is None:
+        raise typer.BadParameter("needs --init-from (a random trunk would stay random)", param_hint="--freeze-trunk")
+    from avn_node.models.train import ResumeMismatchError
     from avn_node.models.train import train as run_training
+    from avn_node.models.weights import WeightsError, load_weights
 
+    preset = PRESETS[profile]
+    if init_from is not None:
+        try:
+            info = load_weights(init_from)[2]
+        except WeightsError as exc:
+            typer.echo(f"Error: --init-from: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        sizes = {"detector_size": info.detector_size, "crop_size": info.crop_size}
+        taken = [f"{k} {v}" for k, v in sizes.items() if getattr(preset, k) != v]
+        typer.echo(
+            f"fine-tuning {info.name} {info.version} (sha256 {info.sha256[:12]}…)"
+            + (", heads only" if freeze_trunk else "")
+            + (f"; {' and '.join(taken)} from the weights, not from profile {profile}" if taken else "")
+        )
     command = "avn-node " + " ".join(sys.argv[1:])
-    meta = run_training(
-        data, out, PRESETS[profile], seed=seed, version=version, workers=workers, threads=threads, command=command
-    )
+    try:
+        meta = run_training(
+            data,
+            out,
+            preset,
+            seed=seed,
+            version=version,
+            workers=workers,
+            threads=threads,
+            command=command,
+            init_from=init_from,
+            freeze_trunk=freeze_trunk,
+        )
+    except ResumeMismatchError as exc:
+        typer.echo(f"Error: --out: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     det = meta["history"]["detector"][-1]["val"]
     cls = meta["history"]["classifier"][-1]["val"]
     typer.echo(f"weights in {out}: detector validation F1 {det:.3f}, classifier validation loss {cls:.3f}")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou, roi_align
 
@@ -149,7 +150,7 @@ def train_detector_epoch(
     progress: Progress,
 ) -> float:
     """One epoch of SSD multibox loss; returns the mean loss."""
-    model.train()
+    train_mode(model)
     losses = []
     for idx in _batches(len(data.det_images), batch_size, rng):
         images, targets = detector_batch(data, idx, size, rng)
@@ -164,13 +165,37 @@ def train_detector_epoch(
     return float(np.mean(losses))
 
 
+def freeze(module: torch.nn.Module) -> None:
+    """Stop training ``module``: no gradients for its parameters, and :func:`train_mode` keeps its batch norms in
+    eval mode, so their running statistics stay those it was trained with.
+    """
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def _is_frozen(module: torch.nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """``model.train()``, except for the batch norms of frozen parts, which stay in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and _is_frozen(m):
+            m.eval()
+
+
 @torch.no_grad()
 def recalibrate_batch_norm(model: torch.nn.Module, forward: Callable[[], object], batches: int) -> None:
     """Recompute every batch-norm layer's running statistics as the plain mean over ``batches`` calls of
     ``forward`` with the weights frozen ("precise BN"). The exponential running averages lag behind weights
     that change fast early in training: an SSDlite trained from scratch then detects nothing in eval mode.
+
+    Frozen layers (see :func:`freeze`) keep their statistics: they are not trained, and the layers after them
+    were trained on what their stored statistics produce.
     """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and not _is_frozen(m)]
     momenta = [m.momentum for m in norms]
     model.eval()
     for m in norms:
@@ -233,7 +258,7 @@ def train_classifier_epoch(
     """One epoch over every head resampled ``crops_per_head`` = N times at N scales linearly spaced in
     [0.85, 1.05] (paper Table VI; N = 1 takes the middle scale); returns the mean loss.
     """
-    model.train()
+    train_mode(model)
     losses = []
     scale_set = np.linspace(0.85, 1.05, crops_per_head) if crops_per_head > 1 else np.array([0.95])
     heads = np.repeat(np.arange(len(data.crops)), crops_per_head)

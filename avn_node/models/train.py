@@ -3,12 +3,17 @@
 Adam with weight decay 5e-4, learning rate halved when the validation figure plateaus (paper §III.C).
 After training, the stage head's temperature is fitted on the validation split.
 A checkpoint after every epoch (``checkpoints/``) lets an interrupted run continue where it stopped.
+
+Site adaptation: ``init_from`` starts both networks from an existing weights folder (its input sizes win over
+the preset's); ``freeze_trunk`` then trains only the heads (detector backbone and classifier trunk frozen, their
+batch norms in eval mode and left out of the precise-BN recalibration).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +27,20 @@ from avn_node.models.dataset import PreparedSet, prepare, split_patients
 from avn_node.models.detector import build_detector
 from avn_node.models.engine import (
     fit_temperature,
+    freeze,
     train_classifier_epoch,
     train_detector_epoch,
     validate_classifier,
     validate_detector,
 )
 from avn_node.models.presets import Preset
-from avn_node.models.weights import save_weights
+from avn_node.models.weights import load_weights, save_weights
 
 MODEL_NAME = "AVN-net (avn-node)"
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint was written by a run started differently (other ``init_from`` or ``freeze_trunk``)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -58,11 +68,18 @@ def _run_stage(
     mode: str,
     work_per_epoch: int,
     progress: bool,
+    recipe: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
-    """Train one network for ``epochs``, resuming from its checkpoint; returns the per-epoch history."""
+    """Train one network for ``epochs``, resuming from its checkpoint; returns the per-epoch history.
+
+    Only parameters that require gradients are optimised. ``recipe`` (how the run started) is stored in the
+    checkpoint; resuming with another one raises :class:`ResumeMismatchError`.
+    """
     from rich.progress import Progress
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+    recipe = recipe or {"init_from": None, "freeze_trunk": False}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=lr, weight_decay=preset.weight_decay)
     patience = preset.detector_patience if stage == "detector" else preset.plateau_patience
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=patience)
     path = checkpoints / f"{stage}.pt"
@@ -70,6 +87,12 @@ def _run_stage(
     start = 0
     if path.exists():
         state = torch.load(path, weights_only=True)
+        stored = state.get("recipe", {"init_from": None, "freeze_trunk": False})
+        if stored != recipe:
+            raise ResumeMismatchError(
+                f"{path} was written by a run started with {stored}, not {recipe}: "
+                "resume with the same --init-from and --freeze-trunk, or write to a new folder"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -92,6 +115,7 @@ def _run_stage(
                     "scheduler": scheduler.state_dict(),
                     "history": history,
                     "epoch": epoch + 1,
+                    "recipe": recipe,
                 },
                 tmp,
             )
@@ -133,19 +157,52 @@ def train(
     threads: int = 2,
     progress: bool = True,
     command: str = "",
+    init_from: Path | None = None,
+    freeze_trunk: bool = False,
 ) -> dict[str, Any]:
-    """Train both networks on ``data`` and write a weights folder to ``out``; returns its model.json."""
+    """Train both networks on ``data`` and write a weights folder to ``out``; returns its model.json.
+
+    With ``init_from`` (a weights folder) both networks start from its weights and its detector and crop sizes
+    replace the preset's (model.json's ``init_from.sizes_from_weights`` names those that differed); with
+    ``freeze_trunk`` only the heads train.
+
+    Raises:
+        WeightsError: ``init_from`` is not a loadable weights folder.
+        ResumeMismatchError: ``out`` holds checkpoints of a run started differently.
+        ValueError: ``freeze_trunk`` without ``init_from``.
+    """
+    if freeze_trunk and init_from is None:
+        raise ValueError("freeze_trunk needs init_from: a trunk with random weights would stay random")
     seed_everything(seed)
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
+    start = None
+    init_record: dict[str, Any] | None = None
+    if init_from is not None:
+        det0, cls0, info = load_weights(init_from)
+        sizes = {"detector_size": info.detector_size, "crop_size": info.crop_size}
+        init_record = {
+            "name": info.name,
+            "version": info.version,
+            "sha256": info.sha256,
+            "freeze_trunk": freeze_trunk,
+            "sizes_from_weights": sorted(k for k, v in sizes.items() if getattr(preset, k) != v),
+        }
+        preset = replace(preset, **sizes)
+        cls0.stage_temperature.fill_(1.0)  # the stage loss wants raw logits; refitted after training
+        if freeze_trunk:
+            freeze(det0.backbone)
+            freeze(cls0.trunk)
+        start = (det0, cls0)
+    recipe = {"init_from": init_record["sha256"] if init_record else None, "freeze_trunk": freeze_trunk}
     full = prepare(data, preset.detector_size, preset.crop_size, workers=workers, progress=progress)
     train_ids, val_ids = split_patients(len(full.patients), preset.validation_share, seed)
     train_set: PreparedSet = full.subset(train_ids)
     val_set: PreparedSet = full.subset(val_ids) if val_ids else train_set
 
-    detector = build_detector(preset.detector_size)
+    detector = build_detector(preset.detector_size) if start is None else start[0]
     det_history = _run_stage(
         "detector",
         detector,
@@ -161,8 +218,9 @@ def train(
         mode="max",
         work_per_epoch=len(train_set.det_images),
         progress=progress,
+        recipe=recipe,
     )
-    classifier = AvnClassifier().to(memory_format=torch.channels_last)
+    classifier = AvnClassifier().to(memory_format=torch.channels_last) if start is None else start[1]
     cls_history = _run_stage(
         "classifier",
         classifier,
@@ -178,6 +236,7 @@ def train(
         mode="min",
         work_per_epoch=len(train_set.crops) * preset.crops_per_head,
         progress=progress,
+        recipe=recipe,
     )
     temperature = fit_temperature(classifier, val_set, preset.crop_size)
     classifier.stage_temperature.fill_(temperature)
@@ -191,6 +250,7 @@ def train(
         "preset": preset.to_json(),
         "seed": seed,
         "command": command,
+        "init_from": init_record,
         "data": {
             "generator": truth.generator,
             "radiographs": len(truth.radiographs),

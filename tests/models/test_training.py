@@ -1,4 +1,6 @@
-"""Training on a tiny phantom set: the loop learns, resumes exactly, augments with side-swapping flips."""
+"""Training on a tiny phantom set: the loop learns, resumes exactly, augments with side-swapping flips; fine-tuning
+from existing weights (all layers or heads only); evaluation of the classifier on the truth boxes.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from avn_node.models.classifier import AvnClassifier
 from avn_node.models.dataset import prepare
 from avn_node.models.engine import classifier_batch, train_classifier_epoch, validate_classifier
 from avn_node.models.presets import PRESETS
-from avn_node.models.train import train
+from avn_node.models.train import ResumeMismatchError, train
 from avn_node.models.weights import CLASSIFIER_FILE, DETECTOR_FILE, MODEL_FILE, load_weights
 from avn_node.phantom.generate import PhantomOptions, generate
 
@@ -119,3 +121,134 @@ def test_cli_train_rejects_unknown_profile(tiny_set: Path, tmp_path: Path):
     )
     assert proc.returncode == 2
     assert "--profile" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def base_weights(tiny_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smoke weights trained one epoch per network from scratch: what fine-tuning starts from."""
+    out = tmp_path_factory.mktemp("base") / "base-v1"
+    _train(tiny_set, out, detector_epochs=1, classifier_epochs=1)
+    return out
+
+
+def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(folder / name) for name in (DETECTOR_FILE, CLASSIFIER_FILE)}
+
+
+def test_init_from_starts_from_the_given_weights_and_takes_their_sizes(
+    tiny_set: Path, base_weights: Path, tmp_path: Path
+):
+    out = tmp_path / "site"
+    cpu = replace(PRESETS["cpu"], detector_epochs=0, classifier_epochs=0)  # 256² / 160² in the profile
+    meta = train(tiny_set, out, cpu, seed=3, threads=1, workers=1, progress=False, init_from=base_weights)
+    assert meta["preset"]["detector_size"] == SMOKE.detector_size and meta["preset"]["crop_size"] == SMOKE.crop_size
+    _, _, base_info = load_weights(base_weights)
+    assert meta["init_from"] == {
+        "name": base_info.name,
+        "version": "base-v1",
+        "sha256": base_info.sha256,
+        "freeze_trunk": False,
+        "sizes_from_weights": ["crop_size", "detector_size"],
+    }
+    assert json.loads((out / MODEL_FILE).read_text())["init_from"]["sha256"] == base_info.sha256
+    base, tuned = _tensors(base_weights), _tensors(out)
+    for name in base:
+        for key in base[name]:
+            if key != "stage_temperature":  # refitted on the validation split
+                torch.testing.assert_close(tuned[name][key], base[name][key], rtol=0, atol=0, msg=f"{name}:{key}")
+    load_weights(out)
+
+
+def test_fine_tuning_starts_below_the_loss_of_training_from_scratch(tiny_set: Path, base_weights: Path, tmp_path: Path):
+    scratch = json.loads((base_weights / MODEL_FILE).read_text())["history"]  # same seed, data and preset
+    tuned = train(
+        tiny_set,
+        tmp_path / "site",
+        replace(SMOKE, detector_epochs=1, classifier_epochs=1),
+        seed=3,
+        threads=1,
+        workers=1,
+        progress=False,
+        init_from=base_weights,
+    )["history"]
+    for stage in ("detector", "classifier"):
+        assert tuned[stage][0]["loss"] < scratch[stage][0]["loss"], (stage, tuned[stage], scratch[stage])
+
+
+def test_freeze_trunk_trains_only_the_heads_and_keeps_trunk_batch_norm_statistics(
+    tiny_set: Path, base_weights: Path, tmp_path: Path
+):
+    out = tmp_path / "heads"
+    meta = train(
+        tiny_set,
+        out,
+        replace(SMOKE, detector_epochs=1, classifier_epochs=1),
+        seed=3,
+        threads=1,
+        workers=1,
+        progress=False,
+        init_from=base_weights,
+        freeze_trunk=True,
+    )
+    assert meta["init_from"]["freeze_trunk"] is True
+    base, tuned = _tensors(base_weights), _tensors(out)
+    for name, trunk in ((DETECTOR_FILE, "backbone."), (CLASSIFIER_FILE, "trunk.")):
+        frozen = [k for k in base[name] if k.startswith(trunk)]
+        assert any("running_var" in k for k in frozen)
+        for key in frozen:  # weights and batch-norm running statistics alike
+            torch.testing.assert_close(tuned[name][key], base[name][key], rtol=0, atol=0, msg=f"{name}:{key}")
+        heads = [k for k in base[name] if not k.startswith(trunk) and base[name][k].is_floating_point()]
+        changed = [k for k in heads if not torch.equal(tuned[name][k], base[name][k])]
+        assert len(changed) >= len(heads) // 2, (name, sorted(set(heads) - set(changed)))
+
+
+def test_heads_only_fine_tuning_resumed_from_checkpoint_equals_uninterrupted_run(
+    tiny_set: Path, base_weights: Path, tmp_path: Path
+):
+    def run(out: Path, det: int, cls: int) -> None:
+        preset = replace(SMOKE, detector_epochs=det, classifier_epochs=cls)
+        train(
+            tiny_set,
+            out,
+            preset,
+            seed=3,
+            threads=1,
+            workers=1,
+            progress=False,
+            init_from=base_weights,
+            freeze_trunk=True,
+        )
+
+    run(tmp_path / "once", 2, 1)
+    run(tmp_path / "twice", 1, 0)
+    run(tmp_path / "twice", 2, 1)
+    once, twice = _tensors(tmp_path / "once"), _tensors(tmp_path / "twice")
+    for name in once:
+        for key in once[name]:
+            torch.testing.assert_close(twice[name][key], once[name][key], rtol=0, atol=0, msg=f"{name}:{key}")
+
+
+def test_resuming_with_another_init_from_is_refused(tiny_set: Path, base_weights: Path, tmp_path: Path):
+    out = tmp_path / "w"
+    _train(tiny_set, out, detector_epochs=1, classifier_epochs=0)
+    with pytest.raises(ResumeMismatchError, match="--init-from"):
+        train(
+            tiny_set,
+            out,
+            replace(SMOKE, detector_epochs=2, classifier_epochs=0),
+            seed=3,
+            threads=1,
+            workers=1,
+            progress=False,
+            init_from=base_weights,
+        )
+
+
+def test_cli_train_freeze_trunk_needs_init_from(tiny_set: Path, tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "avn_node", "train", "--data", str(tiny_set), "--out", str(tmp_path), "--freeze-trunk"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "--freeze-trunk" in proc.stderr and "--init-from" in proc.stderr
