@@ -227,6 +227,9 @@ def analyze(
     weights: Annotated[Path, typer.Option(help="Weights folder.")] = Path("models/avn-demo-v1"),
     summary_image: Annotated[bool, typer.Option(help="Also write the case summary image.")] = True,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    refuse_out_of_distribution: Annotated[
+        bool, typer.Option(help="Refuse heads unlike the training data: AVN not evaluated, no stage.")
+    ] = True,
 ) -> None:
     """Offline: the node's analysis and result objects written as files, no network (DESIGN §3)."""
     from rich.console import Console
@@ -240,7 +243,7 @@ def analyze(
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}", param_hint="PATHS")
     try:
-        analyzer = Analyzer(weights, threads=threads)
+        analyzer = Analyzer(weights, threads=threads, refuse_out_of_distribution=refuse_out_of_distribution)
     except WeightsError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -249,9 +252,10 @@ def analyze(
     for i, case in enumerate(run.cases, 1):
         for hip in case.hips:
             view = next(r.view for r in case.radiographs if r.sop_instance_uid == hip.decided_by)
-            table.add_row(
-                str(i), hip.side.value, hip.stage.value, f"{hip.head.presence_probability:.0%}", str(view.value)
-            )
+            stage, p = ("not evaluated", "-")
+            if hip.evaluated:
+                stage, p = hip.stage.value, f"{hip.head.presence_probability:.0%}"
+            table.add_row(str(i), hip.side.value, stage, p, str(view.value))
     console = Console()
     console.print(table)
     for path, reason in run.skipped.items():
@@ -263,6 +267,41 @@ def analyze(
     if not run.cases:
         typer.echo("Error: no CR or DX radiograph among the inputs", err=True)
         raise typer.Exit(EXIT_WORK_FAILED)
+
+
+@app.command("fit-ood")
+def fit_ood(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="The folder the weights were trained on (ground_truth.json); the training/validation split is "
+            "rebuilt from model.json's preset and seed."
+        ),
+    ],
+    weights: Annotated[Path, typer.Option(help="Weights folder that gets ood.safetensors.")] = Path(
+        "models/avn-demo-v1"
+    ),
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    workers: Annotated[int, typer.Option(help="Processes decoding the radiographs.")] = 2,
+) -> None:
+    """Fit the out-of-distribution reference of existing weights without retraining (training does it too)."""
+    from avn_node.ground_truth import GROUND_TRUTH_FILE
+
+    if not (data / GROUND_TRUTH_FILE).is_file():
+        raise typer.BadParameter(f"{data} has no {GROUND_TRUTH_FILE}", param_hint="--data")
+    from avn_node.models.ood import OodDataError, refit
+    from avn_node.models.weights import WeightsError
+
+    try:
+        entry = refit(weights, data, workers=workers, threads=threads)
+    except (WeightsError, OodDataError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(
+        f"out-of-distribution reference in {weights}: threshold {entry['threshold']:.3f} at a "
+        f"{100 * entry['false_flag_rate']:g} % false-flag rate, {entry['validation_heads']} validation heads"
+        + (f"; note: {entry['note']}" if "note" in entry else "")
+    )
 
 
 ConfigOption = Annotated[

@@ -63,6 +63,9 @@ class ModelsSettings(_Section):
     dir: Path = Path("models/avn-demo-v1")
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(2, ge=1)
+    # A head beyond the weights' out-of-distribution threshold gets "AVN not evaluated", no stage. The
+    # threshold is fitted at training time (model.json "ood"); this only switches the refusal on or off.
+    refuse_out_of_distribution: bool = True
 
 
 class ReportingSettings(_Section):

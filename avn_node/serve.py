@@ -47,7 +47,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     if settings.pipeline.analyse:
         from avn_node.models.inference import Analyzer
 
-        analyzer = Analyzer(settings.models.dir, threads=settings.models.threads, device=settings.models.device)
+        analyzer = Analyzer(
+            settings.models.dir,
+            threads=settings.models.threads,
+            device=settings.models.device,
+            refuse_out_of_distribution=settings.models.refuse_out_of_distribution,
+        )
         log.info("model %s %s loaded (sha256 %s)", analyzer.info.name, analyzer.info.version, analyzer.info.sha256[:12])
     server = start_scp(settings, sessions)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyse")

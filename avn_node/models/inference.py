@@ -3,10 +3,15 @@
 One detector pass and one classifier pass for all radiographs and crops of a case, under
 ``torch.inference_mode``. Each head is resampled at the paper's five scales and the probabilities averaged
 (test-time augmentation). Per hip, the most severe stage across the case's radiographs wins (paper §IV).
+
+Every head gets an out-of-distribution score when the weights carry a reference (:mod:`avn_node.models.ood`);
+with refusal on, a head beyond the threshold is refused: it keeps its box but asserts no stage, and never
+decides a hip.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,7 @@ from pydicom.dataset import Dataset
 from avn_node.ground_truth import NOTES, STAGES, FicatStage, Note, Side, View
 from avn_node.models.classifier import SIDE_CLASSES, VIEW_CLASSES
 from avn_node.models.detector import to_detector_input
+from avn_node.models.ood import OodModel, detect_with_features
 from avn_node.models.pixels import PixelDecodeError, Radiograph, load_radiograph
 from avn_node.models.transforms import CROP_SCALES, Box, head_crops, letterbox, standardise
 from avn_node.models.weights import ModelInfo, load_weights
@@ -27,6 +33,10 @@ from avn_node.models.weights import ModelInfo, load_weights
 DETECTION_THRESHOLD = 0.5
 NOTE_THRESHOLD = 0.5
 CAM_PIXELS = 64
+OUTSIDE_EXPERIENCE = "outside the model's experience"
+"""What a refused head says on the captures and in the SR's reason."""
+
+log = logging.getLogger("avn_node.models")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,10 @@ class HeadFinding:
 
     ``cam`` is the stage head's class activation map (0–1, ``CAM_PIXELS``²) over ``cam_box``.
     ``side_agrees`` is False when the classifier reads the other side than position and orientation say.
+    ``ood_score`` is the out-of-distribution score (NaN when the weights have no reference; about 1 for a
+    typical unseen in-distribution head); ``out_of_distribution`` is True only when refusal is on and the
+    score exceeds the weights' threshold: then the head is *refused* — stage, notes and probabilities are the
+    model's raw output but must not be asserted, and ``ood_reason`` says why.
     """
 
     side: Side
@@ -47,6 +61,14 @@ class HeadFinding:
     note_probabilities: dict[Note, float]
     cam: np.ndarray = field(repr=False)
     cam_box: Box = (0.0, 0.0, 0.0, 0.0)
+    ood_score: float = float("nan")
+    out_of_distribution: bool = False
+    ood_reason: str = ""
+
+    @property
+    def evaluated(self) -> bool:
+        """False for a refused head: AVN not evaluated."""
+        return not self.out_of_distribution
 
     @property
     def presence_probability(self) -> float:
@@ -66,7 +88,12 @@ class HeadFinding:
 
 @dataclass(frozen=True)
 class RadiographFinding:
-    """The reading of one radiograph; ``error`` names why it could not be read (then no heads)."""
+    """The reading of one radiograph; ``error`` names why it could not be read (then no heads).
+
+    ``ood_score`` is the larger of the image's own out-of-distribution score and its heads' (NaN without a
+    reference); ``out_of_distribution`` is True, with refusal on, when a head is refused or, with no head found,
+    when the image itself lies beyond the threshold (it then keeps its "FH not found" reading).
+    """
 
     sop_instance_uid: str
     study_instance_uid: str
@@ -78,20 +105,31 @@ class RadiographFinding:
     ap_probability: float
     heads: tuple[HeadFinding, ...]
     error: str = ""
+    ood_score: float = float("nan")
+    out_of_distribution: bool = False
 
 
 @dataclass(frozen=True)
 class HipFinding:
-    """A hip of the case: the most severe stage over its radiographs, decided by one head on one image."""
+    """A hip of the case: the most severe stage over its radiographs, decided by one head on one image.
+
+    Only evaluated heads decide. When every head of the hip was refused, ``head`` is the least foreign of
+    them (its box marks the hip) and :attr:`evaluated` is False: AVN not evaluated for that hip.
+    """
 
     side: Side
     decided_by: str  # SOP Instance UID
     head: HeadFinding
-    sources: tuple[str, ...]  # every radiograph showing this hip
+    sources: tuple[str, ...]  # every radiograph whose reading of this hip was used (all, when none was)
 
     @property
     def stage(self) -> FicatStage:
+        """The deciding head's stage; meaningless when not :attr:`evaluated`."""
         return self.head.stage
+
+    @property
+    def evaluated(self) -> bool:
+        return self.head.evaluated
 
 
 @dataclass(frozen=True)
@@ -104,14 +142,23 @@ class CaseFinding:
 
 
 def fuse_hips(radiographs: tuple[RadiographFinding, ...]) -> tuple[HipFinding, ...]:
-    """Per side, the head with the most severe stage (ties: higher presence probability) decides."""
+    """Per side, the evaluated head with the most severe stage (ties: higher presence probability) decides.
+
+    A refused head never decides; a hip all of whose heads were refused is reported as not evaluated, marked
+    by its least foreign head.
+    """
     hips = []
     for side in (Side.R, Side.L):
         seen = [(r, h) for r in radiographs for h in r.heads if h.side == side]
         if not seen:
             continue
-        rad, head = max(seen, key=lambda rh: rh[1].severity)
-        hips.append(HipFinding(side, rad.sop_instance_uid, head, tuple(r.sop_instance_uid for r, _ in seen)))
+        used = [(r, h) for r, h in seen if h.evaluated]
+        if used:
+            rad, head = max(used, key=lambda rh: rh[1].severity)
+        else:
+            used = seen
+            rad, head = min(seen, key=lambda rh: rh[1].ood_score)
+        hips.append(HipFinding(side, rad.sop_instance_uid, head, tuple(r.sop_instance_uid for r, _ in used)))
     return tuple(hips)
 
 
@@ -129,9 +176,19 @@ class Analyzer:
         weights: the weights folder (``models/avn-demo-v1``).
         threads: torch intra-op threads.
         tta: average over the five paper scales (True) or use the middle one only.
+        refuse_out_of_distribution: refuse heads beyond the weights' out-of-distribution threshold
+            (``[models] refuse_out_of_distribution``); the score is computed either way when the weights have
+            a reference.
     """
 
-    def __init__(self, weights: Path, threads: int = 2, device: str = "cpu", tta: bool = True) -> None:
+    def __init__(
+        self,
+        weights: Path,
+        threads: int = 2,
+        device: str = "cpu",
+        tta: bool = True,
+        refuse_out_of_distribution: bool = True,
+    ) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.detector, self.classifier, self.info = load_weights(weights)
@@ -139,6 +196,14 @@ class Analyzer:
         self.classifier.to(self.device)
         self.scales = CROP_SCALES if tta else (CROP_SCALES[len(CROP_SCALES) // 2],)
         self.timings: dict[str, float] = {}
+        self.ood: OodModel | None = self.info.ood
+        self.refuse_out_of_distribution = refuse_out_of_distribution and self.ood is not None
+        if self.ood is None:
+            (log.warning if refuse_out_of_distribution else log.info)(
+                "weights %s have no out-of-distribution reference (ood.safetensors): no head gets an OOD score "
+                "and none can be refused (`avn-node fit-ood` adds one)",
+                weights,
+            )
 
     def analyse_case(self, sources: list[Path | str | Dataset]) -> CaseFinding:
         """Read every radiograph of a case and fuse the hips; :attr:`timings` holds the seconds per stage."""
@@ -148,12 +213,13 @@ class Analyzer:
         readable = [d for d in decoded if d.radiograph is not None]
         self.timings["decode"] = time.perf_counter() - started
         started = time.perf_counter()
-        boxes = self._detect([d.radiograph for d in readable])  # type: ignore[misc]
+        boxes, image_scores = self._detect_and_score([d.radiograph for d in readable])  # type: ignore[misc]
         self.timings["detect"] = time.perf_counter() - started
         per_rad = dict(zip((id(d) for d in readable), boxes, strict=True))
+        per_image = dict(zip((id(d) for d in readable), image_scores, strict=True))
         heads = self._classify([(d.radiograph, per_rad[id(d)]) for d in readable])  # type: ignore[misc]
         per_heads = dict(zip((id(d) for d in readable), heads, strict=True))
-        findings = tuple(self._finding(d, per_heads.get(id(d))) for d in decoded)
+        findings = tuple(self._finding(d, per_heads.get(id(d)), per_image.get(id(d), float("nan"))) for d in decoded)
         return CaseFinding(radiographs=findings, hips=fuse_hips(findings), model=self.info)
 
     def analyse_radiograph(self, source: Path | str | Dataset) -> RadiographFinding:
@@ -171,19 +237,27 @@ class Analyzer:
         except PixelDecodeError as exc:
             return _Decoded(ds, None, str(exc))
 
-    @torch.inference_mode()
     def _detect(self, radiographs: list[Radiograph]) -> list[list[tuple[Box, float]]]:
         """Up to two heads per radiograph, in display coordinates, with their scores."""
+        return self._detect_and_score(radiographs)[0]
+
+    @torch.inference_mode()
+    def _detect_and_score(self, radiographs: list[Radiograph]) -> tuple[list[list[tuple[Box, float]]], list[float]]:
+        """:meth:`_detect`, and each radiograph's image OOD score from the same detector pass (NaN without one)."""
         if not radiographs:
-            return []
+            return [], []
         size = self.info.detector_size
         inputs, frames = [], []
         for rad in radiographs:
             lb, frame = letterbox(torch.from_numpy(rad.image)[None], size)
             inputs.append(to_detector_input(lb).to(self.device))
             frames.append(frame)
+        outputs, features = detect_with_features(self.detector, inputs)
+        image_scores = (
+            self.ood.image_scores(features).tolist() if self.ood is not None else [float("nan")] * len(inputs)
+        )
         results = []
-        for out, frame in zip(self.detector(inputs), frames, strict=True):
+        for out, frame in zip(outputs, frames, strict=True):
             kept: list[tuple[Box, float]] = []
             for box, score in zip(out["boxes"].tolist(), out["scores"].tolist(), strict=True):
                 if score < DETECTION_THRESHOLD or len(kept) == 2:
@@ -192,13 +266,17 @@ class Analyzer:
                 if all(not _same_head(image_box, k) for k, _ in kept):
                     kept.append((image_box, float(score)))
             results.append(kept)
-        return results
+        return results, image_scores
 
     @torch.inference_mode()
     def _classify(
         self, items: list[tuple[Radiograph, list[tuple[Box, float]]]]
     ) -> list[list[tuple[Box, float, dict[str, np.ndarray], np.ndarray, Box]]]:
-        """One classifier pass over every crop; per head: box, score, averaged probabilities, CAM, CAM box."""
+        """One classifier pass over every crop; per head: box, score, averaged probabilities, CAM, CAM box.
+
+        With an OOD reference, the probabilities carry ``"ood"``: the head's own score from its trunk features
+        averaged over the scales (as the reference was fitted).
+        """
         n_scales = len(self.scales)
         batches, crop_boxes = [], []
         for rad, dets in items:
@@ -213,6 +291,9 @@ class Analyzer:
         x = standardise(torch.cat(batches)).to(self.device).contiguous(memory_format=torch.channels_last)
         out = self.classifier(x)
         probs = {k: v.reshape(-1, n_scales, v.shape[1]).mean(1).cpu().numpy() for k, v in out.probabilities().items()}
+        if self.ood is not None:
+            pooled = out.features.mean((2, 3)).double()
+            probs["ood"] = self.ood.head_scores(pooled.reshape(-1, n_scales, pooled.shape[1]).mean(1).cpu().numpy())
         self.timings["classify"] = time.perf_counter() - started
         started = time.perf_counter()
         stage_pick = torch.from_numpy(probs["stage"].argmax(1)).repeat_interleave(n_scales).to(self.device)
@@ -231,10 +312,13 @@ class Analyzer:
         self.timings["cam"] = time.perf_counter() - started
         return results
 
-    @staticmethod
     def _finding(
-        d: _Decoded, heads: list[tuple[Box, float, dict[str, np.ndarray], np.ndarray, Box]] | None
+        self,
+        d: _Decoded,
+        heads: list[tuple[Box, float, dict[str, np.ndarray], np.ndarray, Box]] | None,
+        image_score: float = float("nan"),
     ) -> RadiographFinding:
+        """The reading of one decoded radiograph from its heads and its image OOD score."""
         ds = d.ds
         common = {
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
@@ -248,7 +332,10 @@ class Analyzer:
             return RadiographFinding(**common, view=None, ap_probability=float("nan"), heads=(), error=d.error)
         rad = d.radiograph
         if not heads:
-            return RadiographFinding(**common, view=None, ap_probability=float("nan"), heads=())
+            return RadiographFinding(
+                **common, view=None, ap_probability=float("nan"), heads=(), ood_score=image_score,
+                out_of_distribution=self._beyond(image_score),
+            )  # fmt: skip
         ap = float(np.mean([h[2]["view"][VIEW_CLASSES.index("AP")] for h in heads]))
         view = View.AP if ap >= 0.5 else View.FL
         sides = _assign_sides(rad, view, heads)
@@ -258,6 +345,9 @@ class Analyzer:
             stage_probs = {s: float(v) for s, v in zip(STAGES, p["stage"], strict=True)}
             if rad.mirrored:
                 cam = cam[:, ::-1].copy()
+            own = float(p["ood"]) if "ood" in p else float("nan")
+            ood_score = OodModel.combine(own, image_score)
+            refused = self._beyond(ood_score)
             findings.append(
                 HeadFinding(
                     side=side,
@@ -270,9 +360,36 @@ class Analyzer:
                     note_probabilities={n: float(v) for n, v in zip(NOTES, p["notes"], strict=True)},
                     cam=cam,
                     cam_box=rad.to_stored(cam_box),
+                    ood_score=ood_score,
+                    out_of_distribution=refused,
+                    ood_reason=self._reason(own, image_score) if refused else "",
                 )
             )
-        return RadiographFinding(**common, view=view, ap_probability=ap, heads=tuple(findings))
+        return RadiographFinding(
+            **common, view=view, ap_probability=ap, heads=tuple(findings),
+            ood_score=float(np.fmax.reduce([image_score, *(h.ood_score for h in findings)])),
+            out_of_distribution=any(h.out_of_distribution for h in findings),
+        )  # fmt: skip
+
+    def _beyond(self, score: float) -> bool:
+        """True when refusal is on and ``score`` exceeds the threshold (a NaN score never does)."""
+        return self.refuse_out_of_distribution and self.ood is not None and bool(score > self.ood.threshold)
+
+    def _reason(self, own: float, image: float) -> str:
+        """Why a head was refused, for the SR's TEXT item."""
+        assert self.ood is not None
+        rate = f"{100 * self.ood.false_flag_rate:g} %"
+        what = (
+            "the femoral head is unlike the training heads"
+            if not image > own
+            else "the radiograph is unlike the training radiographs"
+        )
+        return (
+            f"AVN not evaluated, {OUTSIDE_EXPERIENCE}: {what} (out-of-distribution score {np.fmax(own, image):.2f} "
+            f"above the threshold {self.ood.threshold:.2f}, set at a {rate} false-flag rate on held-out "
+            "training-like heads)."
+        )
+
 
 
 def _same_head(a: Box, b: Box) -> bool:

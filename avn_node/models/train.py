@@ -1,7 +1,8 @@
 """``avn-node train``: detector, then classifier, from a ground-truthed folder; seeded and resumable.
 
 Adam with weight decay 5e-4, learning rate halved when the validation figure plateaus (paper §III.C).
-After training, the stage head's temperature is fitted on the validation split.
+After training, the stage head's temperature is fitted on the validation split, then the out-of-distribution
+reference (training heads, threshold on the validation split; :mod:`avn_node.models.ood`).
 A checkpoint after every epoch (``checkpoints/``) lets an interrupted run continue where it stopped.
 
 Site adaptation: ``init_from`` starts both networks from an existing weights folder (its input sizes win over
@@ -33,6 +34,7 @@ from avn_node.models.engine import (
     validate_classifier,
     validate_detector,
 )
+from avn_node.models.ood import fit_ood
 from avn_node.models.presets import Preset
 from avn_node.models.weights import load_weights, save_weights
 
@@ -240,6 +242,7 @@ def train(
     )
     temperature = fit_temperature(classifier, val_set, preset.crop_size)
     classifier.stage_temperature.fill_(temperature)
+    ood = fit_ood(classifier, train_set, val_set, preset.crop_size, detector, preset.detector_size)
     truth = GroundTruth.load(data)
     meta: dict[str, Any] = {
         "name": MODEL_NAME,
@@ -261,7 +264,7 @@ def train(
         "calibration": {"stage_temperature": temperature, "fitted_on": "validation split"},
         "history": {"detector": det_history, "classifier": cls_history},
     }
-    save_weights(out, detector, classifier, meta)
+    save_weights(out, detector, classifier, meta, ood=ood)  # also sets meta["ood"]
     plot_history(
         {"detector": det_history, "classifier": cls_history},
         {"detector": "validation F1 @ IoU 0.5", "classifier": "validation loss"},

@@ -1,10 +1,13 @@
-"""A weights folder: ``detector.safetensors``, ``classifier.safetensors`` and ``model.json`` (how they were made)."""
+"""A weights folder: ``detector.safetensors``, ``classifier.safetensors`` and ``model.json`` (how they were made);
+optionally ``ood.safetensors``, the out-of-distribution reference fitted with them (:mod:`avn_node.models.ood`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ from torchvision.models.detection.ssd import SSD
 
 from avn_node.models.classifier import AvnClassifier
 from avn_node.models.detector import build_detector
+from avn_node.models.ood import OodModel, load_ood
 
 DETECTOR_FILE = "detector.safetensors"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -25,7 +29,11 @@ class WeightsError(ValueError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the SR's algorithm identification needs: name, version, and the sha256 of both weight files."""
+    """What the SR's algorithm identification needs: name, version, and the sha256 of both weight files.
+
+    ``ood`` is the folder's out-of-distribution reference, None when it has none (then no head gets a score
+    and none can be refused).
+    """
 
     name: str
     version: str
@@ -33,13 +41,20 @@ class ModelInfo:
     detector_size: int
     crop_size: int
     demo: bool
+    ood: OodModel | None = field(default=None, repr=False, compare=False)
 
 
-def save_weights(out: Path, detector: SSD, classifier: AvnClassifier, meta: dict[str, object]) -> None:
-    """Write both networks as safetensors and ``meta`` as model.json."""
+def save_weights(
+    out: Path, detector: SSD, classifier: AvnClassifier, meta: dict[str, object], ood: OodModel | None = None
+) -> None:
+    """Write both networks as safetensors and ``meta`` as model.json; with ``ood`` also ``ood.safetensors``,
+    described by ``meta["ood"]`` (set here).
+    """
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, out / DETECTOR_FILE)
     save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, out / CLASSIFIER_FILE)
+    if ood is not None:
+        meta["ood"] = ood.save(out)
     (out / MODEL_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -72,6 +87,10 @@ def load_weights(folder: Path) -> tuple[SSD, AvnClassifier, ModelInfo]:
         )
     except KeyError as exc:
         raise WeightsError(f'{folder / MODEL_FILE} lacks the key "{exc.args[0]}".') from None
+    try:
+        info = dataclasses.replace(info, ood=load_ood(folder, meta))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise WeightsError(f'The out-of-distribution model of "{folder}" cannot be read: {exc!r}') from None
     detector = build_detector(info.detector_size)
     classifier = AvnClassifier()
     try:

@@ -2,7 +2,8 @@
 
 The windowed radiograph as stored (MONOCHROME1 shown bright-bone), each head's box in its stage colour, the
 stage head's class-activation map as a heat map inside the box, side, stage and probabilities as labels,
-and a NOT FOR DIAGNOSTIC USE banner while demo weights are loaded.
+and a NOT FOR DIAGNOSTIC USE banner while demo weights are loaded. A head refused as out of distribution
+gets its box and "AVN not evaluated, outside the model's experience", no heat map, stage or probability.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from highdicom.sc import SCImage
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
-from avn_node.models.inference import HeadFinding, RadiographFinding
+from avn_node.models.inference import OUTSIDE_EXPERIENCE, HeadFinding, RadiographFinding
 from avn_node.models.pixels import normalise, presentation_values
-from avn_node.report.drawing import STAGE_COLOURS, STAGE_LABELS, banner, heat_colours, labelled_box
+from avn_node.report.drawing import (
+    REFUSED_COLOUR,
+    STAGE_COLOURS,
+    STAGE_LABELS,
+    banner,
+    heat_colours,
+    labelled_box,
+)
 from avn_node.report.identity import Producer
 from avn_node.report.secondary import secondary_capture
 
@@ -53,8 +61,14 @@ def _blend_cam(rgb: np.ndarray, head: HeadFinding, scale: float) -> None:
 
 
 def head_label(head: HeadFinding) -> list[str]:
-    """Label lines of one head: side and stage, then the probability of that stage and of AVN."""
-    lines = [f"{'Right' if head.side.value == 'R' else 'Left'}: {STAGE_LABELS[head.stage]}"]
+    """Label lines of one head: side and stage, then the probability of that stage and of AVN.
+
+    A refused head: side, "AVN not evaluated" and "outside the model's experience", nothing else.
+    """
+    side = "Right" if head.side.value == "R" else "Left"
+    if not head.evaluated:
+        return [f"{side}: AVN not evaluated", OUTSIDE_EXPERIENCE]
+    lines = [f"{side}: {STAGE_LABELS[head.stage]}"]
     lines.append(f"{100 * head.stage_probabilities[head.stage]:.0f} %, AVN {100 * head.presence_probability:.0f} %")
     if not head.side_agrees:
         lines.append("side uncertain")
@@ -66,13 +80,15 @@ def render_overlay(source: Dataset, radiograph: RadiographFinding, demo: bool) -
     grey, scale = _grey(source)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for head in radiograph.heads:
-        _blend_cam(rgb, head, scale)
+        if head.evaluated:  # a refused head's CAM would explain a stage that is not asserted
+            _blend_cam(rgb, head, scale)
     image = Image.fromarray(rgb)
     draw = ImageDraw.Draw(image)
     size = max(12, image.width // 48)
     for head in radiograph.heads:
         box = tuple(c * scale for c in head.box)
-        labelled_box(draw, box, STAGE_COLOURS[head.stage], head_label(head), size)  # type: ignore[arg-type]
+        colour = STAGE_COLOURS[head.stage] if head.evaluated else REFUSED_COLOUR
+        labelled_box(draw, box, colour, head_label(head), size)  # type: ignore[arg-type]
     if not radiograph.heads:
         labelled_box(draw, (size, 3 * size, size, 3 * size), (255, 180, 80), ["No femoral head found"], size)
     if demo:

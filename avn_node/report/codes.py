@@ -43,6 +43,9 @@ LATERALITY: dict[Side, Code] = {
 AVN = Code("AVN-001", SCHEME, "AVN of femoral head")
 FICAT_STAGE = Code("AVN-002", SCHEME, "Ficat stage")
 AVN_PROBABILITY = Code("AVN-003", SCHEME, "AVN probability")
+# Why AVN was not evaluated on a detected head: the model refused it as unlike its training data.
+NOT_EVALUATED_REASON = Code("AVN-004", SCHEME, "Reason AVN not evaluated")
+OUT_OF_DISTRIBUTION = Code("AVN-005", SCHEME, "Outside the model's experience")
 
 STAGE: dict[FicatStage, Code] = {
     FicatStage.ABSENCE: Code("AVN-010", SCHEME, "No AVN or Ficat I"),

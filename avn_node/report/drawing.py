@@ -23,6 +23,8 @@ STAGE_LABELS: dict[FicatStage, str] = {
     FicatStage.IV: "Ficat IV",
 }
 BANNER_RED = (200, 0, 0)
+REFUSED_COLOUR = (180, 180, 255)
+"""A head refused as out of distribution: no stage colour, since no stage is asserted."""
 
 
 @cache

@@ -2,12 +2,15 @@
 
 One TID 1410 planar-ROI group per femoral head per radiograph, one per hip for the case (most severe stage,
 its region the box that decided it), one "FH not found" group over each radiograph that could not be read or
-showed no femoral head, a TEXT with the intended use, and TEXT lines saying why.
+showed no femoral head, a TEXT with the intended use, and TEXT lines saying why. A head refused as out of
+distribution keeps its group and box with AVN "not evaluated" and its reason; a hip all of whose heads were
+refused gets a case group saying the same.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +34,7 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 
 from avn_node.ground_truth import NOTES, FicatStage
-from avn_node.models.inference import CaseFinding, HeadFinding, HipFinding, RadiographFinding
+from avn_node.models.inference import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding, HipFinding, RadiographFinding
 from avn_node.report import codes
 from avn_node.report.identity import MANUFACTURER, Producer
 from avn_node.report.uids import derived_uid
@@ -102,10 +105,34 @@ def head_group(
 
     The tracking UID depends on ``tracking_key`` (default: the source image), side and label only, so it is
     stable across versions.
+
+    A refused head (out of distribution) keeps its box and finding site, but says AVN "not evaluated" with
+    the reason coded and as a TEXT; no stage, note or probability.
     """
     identifier = f"FH-{head.side.value} {label}"
     source = SourceImageForRegion(radiograph.sop_class_uid, radiograph.sop_instance_uid)
     refs = [SourceImageForMeasurement(r.sop_class_uid, r.sop_instance_uid) for r in referenced] or None
+    if not head.evaluated:
+        group = PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
+                identifier=identifier,
+            ),
+            referenced_region=ImageRegion(
+                graphic_type=GraphicTypeValues.POLYLINE,
+                graphic_data=_box_polyline(head.box, radiograph.rows, radiograph.columns),
+                source_image=source,
+            ),
+            finding_type=codes.AVN,
+            finding_sites=[FindingSite(codes.HEAD_OF_FEMUR, laterality=codes.LATERALITY[head.side])],
+            algorithm_id=producer.algorithm(),
+            qualitative_evaluations=[
+                QualitativeEvaluation(codes.AVN, codes.NOT_EVALUATED),
+                QualitativeEvaluation(codes.NOT_EVALUATED_REASON, codes.OUT_OF_DISTRIBUTION),
+            ],
+        )
+        group[0].ContentSequence.append(_text(head.ood_reason or f"AVN not evaluated: {OUTSIDE_EXPERIENCE}."))
+        return group
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
@@ -134,7 +161,11 @@ def hip_group(
     by_uid = {r.sop_instance_uid: r for r in case.radiographs}
     decider = by_uid[hip.decided_by]
     refs = [by_uid[uid] for uid in hip.sources]
-    return head_group(hip.head, decider, producer, "case", refs, tracking_key=target_study_uid)
+    head = hip.head
+    if not hip.evaluated:  # every reading of this hip was refused: the case group says so on its least foreign box
+        reason = f"No radiograph of this hip could be evaluated ({len(hip.sources)} refused). {head.ood_reason}"
+        head = dataclasses.replace(head, ood_reason=reason.strip())
+    return head_group(head, decider, producer, "case", refs, tracking_key=target_study_uid)
 
 
 def not_found_group(
@@ -189,6 +220,11 @@ def _remarks(case: CaseFinding, producer: Producer) -> ContainerContentItem:
             lines.append(f"Image {r.sop_instance_uid} could not be analysed: {r.error}")
         elif not r.heads:
             lines.append(f"No femoral head was found on image {r.sop_instance_uid}.")
+            if r.out_of_distribution:
+                lines.append(
+                    f"Image {r.sop_instance_uid} is unlike the radiographs the model was trained on "
+                    f"(out-of-distribution score {r.ood_score:.2f}), {OUTSIDE_EXPERIENCE}."
+                )
     container.ContentSequence = [_text(line[:1024]) for line in lines]
     return container
 

@@ -1,4 +1,7 @@
-"""The case summary secondary capture: hips × view × stage × probability × notes, readable on a PACS monitor."""
+"""The case summary secondary capture: hips × view × stage × probability × notes, readable on a PACS monitor.
+
+A head (or hip) refused as out of distribution reads "not evaluated" and "outside the model's experience".
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from avn_node.ground_truth import Side
-from avn_node.models.inference import CaseFinding, HeadFinding
-from avn_node.report.drawing import STAGE_COLOURS, STAGE_LABELS, banner, font
+from avn_node.models.inference import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding
+from avn_node.report.drawing import REFUSED_COLOUR, STAGE_COLOURS, STAGE_LABELS, banner, font
 from avn_node.report.identity import Producer
 from avn_node.report.secondary import secondary_capture
 
@@ -63,17 +66,17 @@ def render_summary(case: CaseFinding, demo: bool) -> np.ndarray:
     for side, read_on, head in table_rows(case):
         bold = read_on == "case"
         f = font(24 if bold else 21, bold=bold)
-        colour = STAGE_COLOURS[head.stage]
+        colour = STAGE_COLOURS[head.stage] if head.evaluated else REFUSED_COLOUR
         cells = [
             "Right" if side == Side.R else "Left",
             read_on,
-            STAGE_LABELS[head.stage],
-            f"{100 * head.stage_probabilities[head.stage]:.0f} %",
-            f"{100 * head.presence_probability:.0f} %",
+            STAGE_LABELS[head.stage] if head.evaluated else "not evaluated",
+            f"{100 * head.stage_probabilities[head.stage]:.0f} %" if head.evaluated else "-",
+            f"{100 * head.presence_probability:.0f} %" if head.evaluated else "-",
         ]
         for (_, x), text in zip(COLUMNS, cells, strict=False):
             draw.text((x, y), text, font=f, fill=colour if x >= COLUMNS[2][1] else (235, 235, 235))
-        note_lines = _wrap(draw, _notes_text(head), f, NOTES_WIDTH)
+        note_lines = _wrap(draw, _notes_text(head) if head.evaluated else OUTSIDE_EXPERIENCE, f, NOTES_WIDTH)
         for i, line in enumerate(note_lines):
             draw.text((COLUMNS[-1][1], y + i * (f.size + 4)), line, font=f, fill=(235, 235, 235))
         y += max(1, len(note_lines)) * (f.size + 4) + (16 if bold else 8)
