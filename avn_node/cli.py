@@ -191,6 +191,10 @@ def evaluate(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the 95 % CIs.")] = 10_000,
     tta: Annotated[bool, typer.Option(help="Average each head over the five paper scales.")] = True,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    truth_boxes: Annotated[
+        bool,
+        typer.Option(help="Classify the ground-truth boxes instead of detected heads (detection not scored)."),
+    ] = False,
 ) -> None:
     """Paper-style metrics with bootstrap 95 % CIs (DESIGN §3)."""
     import json
@@ -205,7 +209,9 @@ def evaluate(
     from avn_node.models.weights import WeightsError
 
     try:
-        metrics = run_evaluation(data, weights, out, bootstrap, threads=threads, tta=tta, progress=not json_output)
+        metrics = run_evaluation(
+            data, weights, out, bootstrap, threads=threads, tta=tta, progress=not json_output, truth_boxes=truth_boxes
+        )
     except WeightsError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -213,9 +219,11 @@ def evaluate(
         typer.echo(json.dumps(metrics))
         return
     missed = [k for k, t in metrics["targets"].items() if not t["met"]]
+    det = metrics["detection"]
     typer.echo(
         f"{metrics['n_radiographs']} radiographs, {metrics['n_heads']} heads; "
-        f"detection F1@0.5 {metrics['detection']['f1_iou50']:.3f}, presence AUC {metrics['presence']['auc']}, "
+        + ("truth boxes, detection not scored" if "skipped" in det else f"detection F1@0.5 {det['f1_iou50']:.3f}")
+        + f", presence AUC {metrics['presence']['auc']}, "
         f"targets missed: {', '.join(missed) or 'none'}" + (f"; report in {out}" if out else "")
     )
 

@@ -50,6 +50,23 @@ def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
     _progress("end", nodeid)
 
 
+MODULE_TIMEOUTS = {
+    # Seconds, fixtures included, for modules whose tests run for minutes on two cores shared with the other
+    # xdist worker. Measured so: test_classifier_epochs_lower_unaugmented_training_loss 406 s; the first
+    # shipped-weights test 314 s (120 s of it generating the held-out set).
+    "tests/models/test_training.py": 1200,
+    "tests/models/test_shipped_weights.py": 1200,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The modules' own timeout, unless a test or its module sets one (pyproject's ``timeout`` otherwise)."""
+    for item in items:
+        seconds = MODULE_TIMEOUTS.get(item.nodeid.split("::")[0])
+        if seconds and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(seconds))
+
+
 def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
     """pytest-timeout's thread method, with the stacks on stderr when in an xdist worker.
 

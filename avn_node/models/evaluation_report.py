@@ -109,18 +109,25 @@ def _fmt(value: Any, ci: list[float | None] | None = None) -> str:
 def write_report(m: dict[str, Any], path: Path) -> None:
     """A Markdown summary of ``metrics.json`` with the targets, 95 % CIs in brackets."""
     det, st = m["detection"], m["stage"]
+    heads = (
+        f"{m['n_matched_heads']} classified on their ground-truth boxes, detection not scored"
+        if "skipped" in det
+        else f"{m['n_matched_heads']} detected at IoU ≥ 0.5"
+    )
     lines = [
         f"# Evaluation of {m['model']['name']} {m['model']['version']}",
         "",
-        f"{m['n_radiographs']} radiographs, {m['n_heads']} femoral heads ({m['n_matched_heads']} detected at "
-        f"IoU ≥ 0.5), {m['n_patients']} patients; data: {_source(m['data']['generator'])}; "
+        f"{m['n_radiographs']} radiographs, {m['n_heads']} femoral heads ({heads}), "
+        f"{m['n_patients']} patients; data: {_source(m['data']['generator'])}; "
         f"{m['data']['bootstrap_resamples']} bootstrap resamples of patients; test-time averaging over five "
         f"scales: {'on' if m['data']['test_time_augmentation'] else 'off'}. Weights sha256 `{m['model']['sha256']}`.",
         "",
         "| task | metric | value (95 % CI) |",
         "|---|---|---|",
     ]
-    for iou in (50, 60, 70):
+    if "skipped" in det:
+        lines.append(f"| head detection | — | {det['skipped']} |")
+    for iou in (50, 60, 70) if "skipped" not in det else ():
         lines.append(
             f"| head detection IoU {iou / 100:.1f} | precision / recall / F1 | "
             f"{det[f'precision_iou{iou}']:.3f} / {det[f'recall_iou{iou}']:.3f} / "

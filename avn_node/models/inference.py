@@ -390,6 +390,24 @@ class Analyzer:
             "training-like heads)."
         )
 
+    def analyse_case_with_heads(self, sources: list[Path | str | Dataset], heads: list[list[Box]]) -> CaseFinding:
+        """:meth:`analyse_case` with each source's femoral heads given instead of detected (boxes in its stored
+        pixels, detection score 1): the classifier alone, as ``avn-node evaluate --truth-boxes`` scores it. The
+        detector still runs for the radiographs' out-of-distribution scores.
+        """
+        self.timings = {"decode": 0.0, "detect": 0.0, "classify": 0.0, "cam": 0.0}
+        decoded = [self._decode(s) for s in sources]
+        readable = [
+            (d, [(d.radiograph.from_stored(b), 1.0) for b in boxes])
+            for d, boxes in zip(decoded, heads, strict=True)
+            if d.radiograph is not None
+        ]
+        _, image_scores = self._detect_and_score([d.radiograph for d, _ in readable])  # type: ignore[misc]
+        classified = self._classify([(d.radiograph, given) for d, given in readable])  # type: ignore[misc]
+        per_heads = {id(d): h for (d, _), h in zip(readable, classified, strict=True)}
+        per_image = {id(d): score for (d, _), score in zip(readable, image_scores, strict=True)}
+        findings = tuple(self._finding(d, per_heads.get(id(d)), per_image.get(id(d), float("nan"))) for d in decoded)
+        return CaseFinding(radiographs=findings, hips=fuse_hips(findings), model=self.info)
 
 
 def _same_head(a: Box, b: Box) -> bool:

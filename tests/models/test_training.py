@@ -252,3 +252,41 @@ def test_cli_train_freeze_trunk_needs_init_from(tiny_set: Path, tmp_path: Path):
     )
     assert proc.returncode == 2
     assert "--freeze-trunk" in proc.stderr and "--init-from" in proc.stderr
+
+
+def test_evaluate_truth_boxes_scores_the_classifier_without_detection(
+    tiny_set: Path, base_weights: Path, tmp_path: Path
+):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avn_node",
+            "evaluate",
+            "--data",
+            str(tiny_set),
+            "--weights",
+            str(base_weights),
+            "--truth-boxes",
+            "--bootstrap",
+            "20",
+            "--json",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    truth = json.loads((tiny_set / "ground_truth.json").read_text())
+    n_heads = sum(len(r["heads"]) for r in truth["radiographs"])
+    assert m["data"]["heads"] == "truth boxes"
+    assert m["n_heads"] == n_heads and m["n_matched_heads"] == n_heads  # every truth head classified
+    assert set(m["detection"]) == {"skipped"}
+    assert not any(k.startswith("detection.") for k in m["targets"])
+    assert m["presence"]["auc"] is None or 0 <= m["presence"]["auc"] <= 1
+    assert len(m["stage"]["confusion"]) == 4 and sum(map(sum, m["stage"]["confusion"])) == n_heads
+    assert m["view"]["auc_ci"] and "stage.auc.II" in m["targets"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "detection not scored" in report and "F1" in report
