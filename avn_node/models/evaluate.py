@@ -9,6 +9,7 @@ without the detector): every truth head is classified, and detection is not scor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avn_node.ground_truth import NOTES, STAGES, GroundTruth, RadiographTruth, Side, View
+from avn_node.ground_truth import NOTES, STAGES, FicatStage, GroundTruth, RadiographTruth, Side, View
 from avn_node.models.engine import match_boxes
 from avn_node.models.inference import Analyzer, CaseFinding, HeadFinding, RadiographFinding
 from avn_node.models.metrics import (
@@ -80,20 +81,45 @@ def collect(truth: GroundTruth, cases: list[CaseFinding], truth_boxes: bool = Fa
     out = Collected([], defaultdict(list), [], [], 0, truth_boxes)
     for rt in truth.radiographs:
         found = by_uid[rt.sop_instance_uid]
+        if found.heads and not any(h.evaluated for h in found.heads):  # view unread: p = 0.5
+            found = dataclasses.replace(found, ap_probability=0.5)
         out.radiographs.append((rt.patient_id, rt.view, found))
         out.n_truth_heads += len(rt.heads)
         _collect_radiograph(rt, found, out)
     return out
 
 
+REFUSED_STAGE_P = {s: 0.5 if s == FicatStage.ABSENCE else 0.5 / (len(STAGES) - 1) for s in STAGES}
+"""What a refused (out-of-distribution) head scores as: AVN p = 0.5, read as no AVN (a miss)."""
+
+
+def as_scored(head: HeadFinding) -> HeadFinding:
+    """A head as the metrics score it: a refused head counts as p = 0.5 for every AUC (AVN, stage absence,
+    side, notes; the other stages share the rest) and as "no AVN" for stage and hip, so refusing costs like a miss.
+    """
+    if head.evaluated:
+        return head
+    return dataclasses.replace(
+        head,
+        stage=FicatStage.ABSENCE,
+        stage_probabilities=dict(REFUSED_STAGE_P),
+        note_probabilities=dict.fromkeys(NOTES, 0.5),
+        side_probability=0.5,
+    )
+
+
 def _collect_radiograph(rt: RadiographTruth, found: RadiographFinding, out: Collected) -> None:
+    """Detection counts evaluated heads only (a refused head is a miss); every matched head is classified,
+    a refused one as :func:`as_scored` says.
+    """
     pred = torch.tensor([h.box for h in found.heads], dtype=torch.float32).reshape(-1, 4)
+    evaluated = torch.tensor([h.box for h in found.heads if h.evaluated], dtype=torch.float32).reshape(-1, 4)
     true = torch.tensor([h.box for h in rt.heads], dtype=torch.float32).reshape(-1, 4)
     for iou in IOU_LEVELS:
-        tp = len(match_boxes(pred, true, iou))
-        out.detection[iou].append((rt.patient_id, tp, len(pred) - tp, len(true) - tp))
+        tp = len(match_boxes(evaluated, true, iou))
+        out.detection[iou].append((rt.patient_id, tp, len(evaluated) - tp, len(true) - tp))
     for p, t in match_boxes(pred, true, 0.5):
-        head, th = found.heads[p], rt.heads[t]
+        head, th = as_scored(found.heads[p]), rt.heads[t]
         notes = np.array([float(n in th.notes) for n in NOTES])
         out.heads.append(HeadRecord(rt.patient_id, rt.view, th.side, STAGES.index(th.stage), notes, head))
         out.hips.append((rt.patient_id, th.side, rt.view, STAGES.index(th.stage), STAGES.index(head.stage)))
@@ -143,6 +169,23 @@ class Scores:
         )
 
 
+def ood_rates(c: Collected) -> dict[str, Any]:
+    """How often the model refused: heads (all read, and those matching a truth head) and radiographs."""
+    heads = [h for _, _, f in c.radiographs for h in f.heads]
+    flagged = sum(h.out_of_distribution for h in heads)
+    flagged_matched = sum(h.found.out_of_distribution for h in c.heads)
+    rads = sum(f.out_of_distribution for _, _, f in c.radiographs)
+    return {
+        "n_heads_read": len(heads),
+        "n_heads_flagged": flagged,
+        "flag_rate_heads": flagged / len(heads) if heads else float("nan"),
+        "flag_rate_matched_heads": flagged_matched / len(c.heads) if c.heads else float("nan"),
+        "n_radiographs_flagged": rads,
+        "flag_rate_radiographs": rads / len(c.radiographs) if c.radiographs else float("nan"),
+        "scored_as": "a refused head is a detection miss and p = 0.5 for every AUC (no AVN for stage and hip)",
+    }
+
+
 def compute_metrics(c: Collected, resamples: int, seed: int = 0) -> dict[str, Any]:
     """The metrics.json object (fixed paths: see the README's evaluation section)."""
     sc = Scores.of(c)
@@ -160,6 +203,7 @@ def compute_metrics(c: Collected, resamples: int, seed: int = 0) -> dict[str, An
         "n_matched_heads": len(c.heads),
         "n_patients": len({p for p, _, _ in c.radiographs}),
     }
+    m["ood"] = ood_rates(c)
 
     det: dict[str, Any] = {}
     for iou in IOU_LEVELS if not c.truth_boxes else ():
@@ -344,6 +388,13 @@ def evaluate(
     collected = collect(truth, analyse_all(analyzer, data, truth, progress, truth_boxes), truth_boxes)
     metrics = compute_metrics(collected, resamples)
     metrics["model"] = {"name": analyzer.info.name, "version": analyzer.info.version, "sha256": analyzer.info.sha256}
+    ood = analyzer.ood
+    metrics["ood"] |= {
+        "reference": ood is not None,  # False: weights without ood.safetensors, nothing can be refused
+        "refusal": analyzer.refuse_out_of_distribution,
+        "threshold": ood.threshold if ood else None,
+        "false_flag_rate": ood.false_flag_rate if ood else None,
+    }
     metrics["data"] = {
         "generator": truth.generator,
         "bootstrap_resamples": resamples,
