@@ -106,6 +106,20 @@ def _fmt(value: Any, ci: list[float | None] | None = None) -> str:
     return text
 
 
+def _ood_row(ood: dict[str, Any]) -> str:
+    """The refusal line: how many heads were refused as out of distribution, and how they were scored."""
+    if not ood.get("reference"):
+        return "| out-of-distribution refusal | — | no reference in these weights: nothing refused |"
+    if not ood.get("refusal"):
+        return "| out-of-distribution refusal | — | switched off |"
+    return (
+        f"| out-of-distribution refusal (threshold {_fmt(ood['threshold'])} at a "
+        f"{100 * ood['false_flag_rate']:g} % false-flag rate) | heads / radiographs refused | "
+        f"{_fmt(ood['flag_rate_heads'])} ({ood['n_heads_flagged']} of {ood['n_heads_read']}) / "
+        f"{_fmt(ood['flag_rate_radiographs'])}; {ood['scored_as']} |"
+    )
+
+
 def write_report(m: dict[str, Any], path: Path) -> None:
     """A Markdown summary of ``metrics.json`` with the targets, 95 % CIs in brackets."""
     det, st = m["detection"], m["stage"]
@@ -158,6 +172,7 @@ def write_report(m: dict[str, Any], path: Path) -> None:
         f"sensitivity AP / FL / AP + FL | {_fmt(sub['sensitivity_ap'])} / {_fmt(sub['sensitivity_fl'])} / "
         f"{_fmt(sub['sensitivity_ap_fl'])} |",
         f"| stage calibration | ECE | {_fmt(m['calibration']['ece'], m['calibration']['ece_ci'])} |",
+        _ood_row(m.get("ood") or {}),
         "",
         "## Targets",
         "",

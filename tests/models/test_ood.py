@@ -223,3 +223,17 @@ def test_a_refused_head_never_decides_its_hip(phantom_set: Path):
     fl = dataclasses.replace(fl, heads=tuple(_refused(h) if h.side == side else h for h in fl.heads))
     (hip,) = [h for h in fuse_hips((ap, fl)) if h.side == side]
     assert not hip.evaluated and set(hip.sources) == {ap.sop_instance_uid, fl.sop_instance_uid}
+
+
+def test_evaluate_reports_the_refusal_rate_with_the_threshold(weights: Path, held_out: Path, tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "avn_node", "evaluate", "--data", str(held_out), "--weights", str(weights),
+         "--json", "--bootstrap", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ood = json.loads(proc.stdout)["ood"]
+    assert ood["reference"] is True and ood["refusal"] is True and ood["false_flag_rate"] == FALSE_FLAG_RATE
+    assert ood["n_heads_read"] > 0 and 0 <= ood["flag_rate_heads"] <= 1
+    assert ood["n_heads_flagged"] == round(ood["flag_rate_heads"] * ood["n_heads_read"])
+    assert "out-of-distribution refusal (threshold" in (tmp_path / "report.md").read_text()
