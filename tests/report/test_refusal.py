@@ -43,7 +43,8 @@ def _sr_tree(case: CaseFinding, sources: dict[str, Dataset], path: Path) -> str:
     study = str(next(iter(sources.values())).StudyInstanceUID)
     build_sr(case, sources, study, PRODUCER, 1).save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
-    return subprocess.run([require_tool("dsrdump"), "+Pl", str(path)], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([require_tool("dsrdump"), "+Pl", str(path)], capture_output=True, text=True, check=True)
+    return dump.stdout
 
 
 def _group(tree: str, identifier: str) -> str:
