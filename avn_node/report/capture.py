@@ -100,8 +100,11 @@ def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_u
     """The CAM secondary capture of ``source`` (a full dataset with pixels) in ``target_study_uid``.
 
     Its UID depends on the study, the model and the source image only: the same image read by the same
-    model keeps its secondary capture across result versions.
+    model keeps its secondary capture across result versions. Refusal depends on configuration too (and on
+    an out-of-distribution reference added later), so the sides of refused heads join the UID's inputs when
+    there are any: a capture that shows a refusal never shares a UID with one that does not.
     """
+    refused = [h.side.value for h in radiograph.heads if not h.evaluated]
     sc = secondary_capture(
         source,
         render_overlay(source, radiograph, producer.demo),
@@ -110,7 +113,7 @@ def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_u
         kind="cam-sc",
         series_number=CAM_SERIES_NUMBER,
         series_description="AVN-net heat maps",
-        uid_inputs=[str(source.SOPInstanceUID)],
+        uid_inputs=[str(source.SOPInstanceUID), *(["refused", *refused] if refused else [])],
         instance_number=int(source.get("InstanceNumber") or 1),
         sources=[radiograph],
         derivation=f"{producer.model_name} {producer.model_version}: femoral head boxes, Ficat stage and "

@@ -122,3 +122,13 @@ def test_summary_shows_a_refused_hip_as_not_evaluated(one_study_case, drawn_text
     assert drawn_text.count("not evaluated") == len(summary.table_rows(refused))
     assert OUTSIDE_EXPERIENCE in drawn_text
     assert not any(t.endswith(" %") for t in drawn_text)
+
+
+def test_a_capture_showing_a_refusal_never_shares_its_uid_with_one_that_does_not(one_study_case):
+    case, sources = one_study_case
+    r = case.radiographs[0]
+    source = sources[r.sop_instance_uid]
+    study = str(source.StudyInstanceUID)
+    plain = capture.build_capture(source, r, study, PRODUCER).SOPInstanceUID
+    assert capture.build_capture(source, r, study, PRODUCER).SOPInstanceUID == plain
+    assert capture.build_capture(source, _refuse(r), study, PRODUCER).SOPInstanceUID != plain
