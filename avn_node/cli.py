@@ -436,6 +436,28 @@ def status(
         typer.echo(f"result {result['kind']} v{result['version']} study {result['study']}: {result['path']}")
 
 
+@app.command()
+def reanalyse(
+    study_uids: Annotated[list[str], typer.Argument(help="Study Instance UIDs whose case is read again.")],
+    config: ConfigOption = None,
+) -> None:
+    """Queue a new version of each study's case with the configured weights; the running node picks it up.
+
+    Results already made stay as they are; the new SR names its predecessor. Exit 1 if any study was not queued.
+    """
+    from avn_node.group.scheduler import reanalyse_studies
+    from avn_node.store.database import open_database
+
+    settings = _settings(config)
+    with open_database(settings.database.url)() as session:
+        outcome = reanalyse_studies(session, study_uids)
+        session.commit()
+    for uid, (_, what) in outcome.items():
+        typer.echo(f"{uid}: {what}")
+    if not all(queued for queued, _ in outcome.values()):
+        raise typer.Exit(EXIT_WORK_FAILED)
+
+
 deliveries_app = typer.Typer(help="Deliveries of results to destinations.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries")
 
