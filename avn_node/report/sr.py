@@ -112,20 +112,23 @@ def head_group(
     identifier = f"FH-{head.side.value} {label}"
     source = SourceImageForRegion(radiograph.sop_class_uid, radiograph.sop_instance_uid)
     refs = [SourceImageForMeasurement(r.sop_class_uid, r.sop_instance_uid) for r in referenced] or None
+    common = {
+        "tracking_identifier": TrackingIdentifier(
+            uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
+            identifier=identifier,
+        ),
+        "referenced_region": ImageRegion(
+            graphic_type=GraphicTypeValues.POLYLINE,
+            graphic_data=_box_polyline(head.box, radiograph.rows, radiograph.columns),
+            source_image=source,
+        ),
+        "finding_type": codes.AVN,
+        "finding_sites": [FindingSite(codes.HEAD_OF_FEMUR, laterality=codes.LATERALITY[head.side])],
+        "algorithm_id": producer.algorithm(),
+    }
     if not head.evaluated:
         group = PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(
-                uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
-                identifier=identifier,
-            ),
-            referenced_region=ImageRegion(
-                graphic_type=GraphicTypeValues.POLYLINE,
-                graphic_data=_box_polyline(head.box, radiograph.rows, radiograph.columns),
-                source_image=source,
-            ),
-            finding_type=codes.AVN,
-            finding_sites=[FindingSite(codes.HEAD_OF_FEMUR, laterality=codes.LATERALITY[head.side])],
-            algorithm_id=producer.algorithm(),
+            **common,
             qualitative_evaluations=[
                 QualitativeEvaluation(codes.AVN, codes.NOT_EVALUATED),
                 QualitativeEvaluation(codes.NOT_EVALUATED_REASON, codes.OUT_OF_DISTRIBUTION),
@@ -134,20 +137,7 @@ def head_group(
         group[0].ContentSequence.append(_text(head.ood_reason or f"AVN not evaluated: {OUTSIDE_EXPERIENCE}."))
         return group
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(
-            uid=derived_uid("tracking", tracking_key or radiograph.sop_instance_uid, head.side.value, label),
-            identifier=identifier,
-        ),
-        referenced_region=ImageRegion(
-            graphic_type=GraphicTypeValues.POLYLINE,
-            graphic_data=_box_polyline(head.box, radiograph.rows, radiograph.columns),
-            source_image=source,
-        ),
-        finding_type=codes.AVN,
-        finding_sites=[FindingSite(codes.HEAD_OF_FEMUR, laterality=codes.LATERALITY[head.side])],
-        algorithm_id=producer.algorithm(),
-        measurements=_measurements(head, refs),
-        qualitative_evaluations=_evaluations(head),
+        **common, measurements=_measurements(head, refs), qualitative_evaluations=_evaluations(head)
     )
 
 
