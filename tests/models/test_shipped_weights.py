@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from avn_node.ground_truth import FicatStage, GroundTruth
+from avn_node.models import DEFAULT_WEIGHTS
 from avn_node.models.engine import match_boxes
 from avn_node.models.inference import CAM_PIXELS, Analyzer
 from avn_node.models.transforms import square_box
@@ -22,7 +23,7 @@ from avn_node.phantom.generate import PhantomOptions, generate
 pytestmark = pytest.mark.xdist_group("shipped-weights")
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / "models" / "avn-demo-v1"
+WEIGHTS = ROOT / DEFAULT_WEIGHTS
 HELD_OUT = PhantomOptions(studies=30, seed=777)  # a seed used neither for training (101) nor validation (9001)
 BROKEN_JPEG = ROOT / "tests" / "data" / "real-dicom" / "nema_wg04_rg2" / "RG2_JPLY.dcm"
 # Share of CAM mass inside the head's own extent (the central 1/1.5 of the box). A uniform map puts 40 % there;
@@ -70,6 +71,7 @@ def test_shipped_weights_meet_loosened_targets_on_held_out_studies(held_out: Pat
         ],  # fmt: skip
         capture_output=True,
         text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads(proc.stdout)
@@ -151,6 +153,7 @@ def test_analyze_cli_writes_a_result_set_per_study(held_out: Path, tmp_path: Pat
         [sys.executable, "-m", "avn_node", "analyze", str(patient), "--out", str(tmp_path), "--weights", str(WEIGHTS)],
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in patient.rglob("*.dcm")}

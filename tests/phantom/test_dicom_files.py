@@ -114,7 +114,9 @@ def test_phantom_compressed_files_decode_identically_with_dcmtk(phantom_set: Pat
         if syntax not in DCMTK_DECODERS or syntax in done:
             continue
         out = tmp_path / f"{len(done)}.dcm"
-        subprocess.run([require_tool(DCMTK_DECODERS[syntax]), str(f), str(out)], check=True, capture_output=True)
+        subprocess.run(
+            [require_tool(DCMTK_DECODERS[syntax]), str(f), str(out)], check=True, capture_output=True, timeout=120
+        )
         np.testing.assert_array_equal(pydicom.dcmread(out).pixel_array, pydicom.dcmread(f).pixel_array)
         done.add(syntax)
     assert done == set(DCMTK_DECODERS)
