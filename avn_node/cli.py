@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from avn_node.models import DEFAULT_WEIGHTS
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -116,7 +118,7 @@ def phantom(
 def train(
     data: Annotated[Path, typer.Option(help="Folder with DICOM files and ground_truth.json (phantom or site data).")],
     out: Annotated[Path, typer.Option(help="Weights folder to write (resumes from its checkpoints/).")],
-    profile: Annotated[str, typer.Option(help="Training profile: cpu, gpu or smoke.")] = "cpu",
+    profile: Annotated[str, typer.Option(help="Training profile: cpu, cpu-finetune, gpu or smoke.")] = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and augmentation.")] = 1,
     version: Annotated[str, typer.Option(help="Model version string (default: the folder name).")] = "",
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
@@ -185,7 +187,7 @@ def train(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option(help="Folder with DICOM files and ground_truth.json, never used in training.")],
-    weights: Annotated[Path, typer.Option(help="Weights folder.")] = Path("models/avn-demo-v1"),
+    weights: Annotated[Path, typer.Option(help="Weights folder.")] = DEFAULT_WEIGHTS,
     out: Annotated[Path | None, typer.Option(help="Write metrics.json, report.md and plots here.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the 95 % CIs.")] = 10_000,
@@ -195,6 +197,10 @@ def evaluate(
         bool,
         typer.Option(help="Classify the ground-truth boxes instead of detected heads (detection not scored)."),
     ] = False,
+    refuse: Annotated[
+        bool,
+        typer.Option(help="Score heads beyond the weights' out-of-distribution threshold as refused (p = 0.5)."),
+    ] = True,
 ) -> None:
     """Paper-style metrics with bootstrap 95 % CIs (DESIGN §3)."""
     import json
@@ -210,7 +216,15 @@ def evaluate(
 
     try:
         metrics = run_evaluation(
-            data, weights, out, bootstrap, threads=threads, tta=tta, progress=not json_output, truth_boxes=truth_boxes
+            data,
+            weights,
+            out,
+            bootstrap,
+            threads=threads,
+            tta=tta,
+            progress=not json_output,
+            truth_boxes=truth_boxes,
+            refuse_out_of_distribution=refuse,
         )
     except WeightsError as exc:
         typer.echo(f"Error: {exc}", err=True)
@@ -232,7 +246,7 @@ def evaluate(
 def analyze(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Folder for the result objects, one sub-folder per study.")],
-    weights: Annotated[Path, typer.Option(help="Weights folder.")] = Path("models/avn-demo-v1"),
+    weights: Annotated[Path, typer.Option(help="Weights folder.")] = DEFAULT_WEIGHTS,
     summary_image: Annotated[bool, typer.Option(help="Also write the case summary image.")] = True,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     refuse_out_of_distribution: Annotated[
@@ -286,9 +300,7 @@ def fit_ood(
             "rebuilt from model.json's preset and seed."
         ),
     ],
-    weights: Annotated[Path, typer.Option(help="Weights folder that gets ood.safetensors.")] = Path(
-        "models/avn-demo-v1"
-    ),
+    weights: Annotated[Path, typer.Option(help="Weights folder that gets ood.safetensors.")] = DEFAULT_WEIGHTS,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     workers: Annotated[int, typer.Option(help="Processes decoding the radiographs.")] = 2,
 ) -> None:

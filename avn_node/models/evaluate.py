@@ -378,13 +378,15 @@ def evaluate(
     tta: bool = True,
     progress: bool = True,
     truth_boxes: bool = False,
+    refuse_out_of_distribution: bool = True,
 ) -> dict[str, Any]:
     """Read ``data`` with ``weights``; write metrics.json, report.md and plots to ``out`` when given.
 
     ``truth_boxes``: classify the ground-truth boxes instead of detected heads; detection is not scored.
+    ``refuse_out_of_distribution`` off: every head is scored as read, none flagged.
     """
     truth = GroundTruth.load(data)
-    analyzer = Analyzer(weights, threads=threads, tta=tta)
+    analyzer = Analyzer(weights, threads=threads, tta=tta, refuse_out_of_distribution=refuse_out_of_distribution)
     collected = collect(truth, analyse_all(analyzer, data, truth, progress, truth_boxes), truth_boxes)
     metrics = compute_metrics(collected, resamples)
     metrics["model"] = {"name": analyzer.info.name, "version": analyzer.info.version, "sha256": analyzer.info.sha256}
