@@ -53,28 +53,29 @@ test-fast: setup
 	$(VENV)/bin/ruff check avn_node tests benchmarks docs viewer
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not peers and not browser" tests
 
-# Trains the next demo weights (models/avn-demo-v2) on a mix of the phantom's three styles with the training
-# augmentations, then held-out sets of each style and the cross-style table against the shipped, classic-only
-# avn-demo-v1 (which the node and the benchmarks use until v2 is trained, evaluated and shipped).
-PROFILE ?= cpu
-WEIGHTS := models/avn-demo-v1
-NEXT := models/avn-demo-v2
+# Trains the shipped demo weights (models/avn-demo-v2): avn-demo-v1 (classic phantom only) fine-tuned on a mix of
+# the phantom's three styles with the training augmentations; then held-out sets of each style, the evaluation on
+# the classic one and the cross-style table of v2 against v1 (README "Model").
+PROFILE ?= cpu-finetune
+BASE := models/avn-demo-v1
+WEIGHTS := models/avn-demo-v2
 weights: setup
-	rm -rf var/weights $(NEXT)/checkpoints
-	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 400 --seed 202 --style classic=1,varied=3,alt=1 \
+	rm -rf var/weights $(WEIGHTS)/checkpoints
+	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 300 --seed 202 --style classic=1,varied=3,alt=1 \
 	  --syntax-mix explicit=1 --size-range 1000 2400 --workers 2
-	$(VENV)/bin/avn-node train --data var/weights/train --out $(NEXT) --profile $(PROFILE) --seed 1 --version avn-demo-v2
+	$(VENV)/bin/avn-node train --data var/weights/train --out $(WEIGHTS) --profile $(PROFILE) --seed 1 \
+	  --version avn-demo-v2 --init-from $(BASE)
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout-classic --studies 100 --seed 9001 --workers 2
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout-varied --studies 60 --seed 9101 --style varied \
 	  --size-range 1000 3000 --workers 2
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout-alt --studies 60 --seed 9201 --style alt \
 	  --size-range 1000 3000 --workers 2
-	$(VENV)/bin/avn-node evaluate --data var/weights/heldout-classic --weights $(NEXT) --out $(NEXT)
-	$(PY) -m avn_node.models.cross_style --weights $(NEXT) $(WEIGHTS) --heldout var/weights --out $(NEXT)
+	$(VENV)/bin/avn-node evaluate --data var/weights/heldout-classic --weights $(WEIGHTS) --out $(WEIGHTS)
+	$(PY) -m avn_node.models.cross_style --weights $(WEIGHTS) $(BASE) --heldout var/weights --out $(WEIGHTS)
 
 # Paper Table VI on the phantom (N = 1 vs 5 training crops per head; test-time averaging on vs off).
 ablation: setup
-	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout
+	$(PY) -m benchmarks.resampling_ablation --train var/weights/train --test var/weights/heldout-classic
 
 # The whole suite, and a short one (93 s from a fresh clone); figures in benchmarks/RESULTS.md.
 bench: bench-phantom bench-ingest bench-inference bench-node

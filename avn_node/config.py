@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from avn_node.models import DEFAULT_WEIGHTS
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "avn-node.toml"
 
 
@@ -60,7 +62,7 @@ class QueueSettings(_Section):
 
 
 class ModelsSettings(_Section):
-    dir: Path = Path("models/avn-demo-v1")
+    dir: Path = DEFAULT_WEIGHTS
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(2, ge=1)
     # A head beyond the weights' out-of-distribution threshold gets "AVN not evaluated", no stage. The

@@ -19,6 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from avn_node.ground_truth import View
+from avn_node.models import DEFAULT_WEIGHTS
 from avn_node.models.detector import to_detector_input
 from avn_node.models.inference import Analyzer
 from avn_node.models.pixels import load_radiograph
@@ -66,7 +67,7 @@ def gflop(model: torch.nn.Module, *args: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--weights", type=Path, default=Path("models/avn-demo-v1"))
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=20, help="crops per classifier pass (AP + FL case: 3–4 heads × 5)")

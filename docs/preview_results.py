@@ -14,6 +14,7 @@ import pydicom
 from PIL import Image
 
 from avn_node.ground_truth import FicatStage, View
+from avn_node.models import DEFAULT_WEIGHTS
 from avn_node.models.inference import Analyzer
 from avn_node.offline import analyze
 from avn_node.phantom.generate import PhantomOptions, generate
@@ -21,7 +22,7 @@ from avn_node.phantom.generate import PhantomOptions, generate
 OUT = Path(__file__).resolve().parent / "img"
 
 
-def main(weights: Path = Path("models/avn-demo-v1")) -> None:
+def main(weights: Path = DEFAULT_WEIGHTS) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data, results = Path(tmp) / "data", Path(tmp) / "results"
         truth = generate(PhantomOptions(studies=8, seed=2027, shape_mix={"ap+fl": 1.0}), data, workers=2)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from avn_node.models import DEFAULT_WEIGHTS
 from viewer.stack import ViewerStack, ohif_dist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(
     data: Annotated[Path, typer.Option(help="Orthanc and node data, kept.")] = ROOT / "var/viewer",
-    weights: Annotated[Path, typer.Option(help="Model folder.")] = ROOT / "models/avn-demo-v1",
+    weights: Annotated[Path, typer.Option(help="Model folder.")] = ROOT / DEFAULT_WEIGHTS,
     port: Annotated[int, typer.Option(help="Viewer (HTTP) port.")] = 3000,
     orthanc_port: Annotated[int, typer.Option(help="Orthanc's DICOM port.")] = 4242,
     orthanc_http_port: Annotated[int, typer.Option(help="Orthanc's HTTP port.")] = 8042,

@@ -42,6 +42,22 @@ PRESETS: dict[str, Preset] = {
         classifier_lr=1e-4,
         crops_per_head=5,
     ),
+    # `make weights` on 2 CPU cores in ≤ 90 min: avn-demo-v2 starts from avn-demo-v1 (``--init-from``) and
+    # adapts both networks to the three phantom styles; fewer epochs and crops than "cpu", lower detector rate.
+    "cpu-finetune": Preset(
+        name="cpu-finetune",
+        detector_size=256,
+        detector_epochs=8,
+        detector_batch=16,
+        detector_lr=5e-4,
+        crop_size=160,
+        classifier_epochs=6,
+        classifier_batch=32,
+        classifier_lr=1e-4,
+        crops_per_head=3,
+        plateau_patience=1,
+        detector_patience=3,
+    ),
     # The paper's classifier input (224²) and all five scales per head per epoch; for a GPU.
     "gpu": Preset(
         name="gpu",

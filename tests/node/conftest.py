@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,11 +17,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from avn_node.models import DEFAULT_WEIGHTS
 from tests.conftest import DCMTK_SCP_TIMEOUTS, DCMTK_TIMEOUTS, STORESCU_TIMEOUT_S, free_port, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COPIES = Path(tempfile.gettempdir()) / f"avn-node-test-copies-{os.getpid()}"
-WEIGHTS = Path(os.environ.get("AVN_TEST_WEIGHTS", ROOT / "models" / "avn-demo-v1"))  # other weights: set the variable
+WEIGHTS = Path(os.environ.get("AVN_TEST_WEIGHTS", ROOT / DEFAULT_WEIGHTS))  # other weights: set the variable
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -158,6 +160,13 @@ def node(tmp_path: Path) -> Iterator[Node]:
     yield n
     if n.process is not None and n.process.poll() is None:
         n.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_decompressed_copies() -> Iterator[None]:
+    """The copies :func:`storescu` sends of compressed files live as long as the test session (per worker)."""
+    yield
+    shutil.rmtree(COPIES, ignore_errors=True)
 
 
 def _uncompressed(path: Path) -> Path:
