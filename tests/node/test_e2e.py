@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
@@ -46,7 +47,14 @@ def _patient(phantom_set: Path, studies: int, radiographs: int) -> list[list[Pat
 
 
 def _received(archive: Archive) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in archive.files()]
+    """The objects at the archive; a file storescp has only begun to write is left for the next poll."""
+    received = []
+    for path in archive.files():
+        try:
+            received.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except (InvalidDicomError, EOFError):
+            continue
+    return received
 
 
 def _wait_results(archive: Archive, n: int, timeout: float) -> list[Dataset]:
