@@ -152,7 +152,17 @@ def _open_study(stack: ViewerStack, browser, study: Study):
     """
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" or "Error Boundary" in m.text else None)
+    network: list[str] = []  # what failed on the wire so far, quoted with each error to tell why an image did not load
+    page.on("requestfailed", lambda r: network.append(f"{r.url} failed: {r.failure}"))
+    page.on("response", lambda r: network.append(f"{r.url} answered {r.status}") if r.status >= 400 else None)
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(m.text + (f" [network: {'; '.join(network)}]" if network else ""))
+            if m.type == "error" or "Error Boundary" in m.text
+            else None
+        ),
+    )
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(stack.url)
     page.get_by_text(study.patient_id).first.wait_for(timeout=60_000)
