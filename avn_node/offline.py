@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from avn_node.models.inference import Analyzer, CaseFinding
+from avn_node.findings import Analyzer, CaseFinding
 from avn_node.receive import RADIOGRAPH_CLASSES
 from avn_node.report.results import build_result_sets
 from avn_node.store.files import InvalidUidError, checked_uid, files_under

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,144 +22,26 @@ import torch
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
 
-from avn_node.ground_truth import NOTES, STAGES, FicatStage, Note, Side, View
+from avn_node.findings import (
+    OUTSIDE_EXPERIENCE,
+    Box,
+    CaseFinding,
+    HeadFinding,
+    RadiographFinding,
+    fuse_hips,
+)  # fmt: skip
+from avn_node.ground_truth import NOTES, STAGES, Side, View
 from avn_node.models.classifier import SIDE_CLASSES, VIEW_CLASSES
 from avn_node.models.detector import to_detector_input
 from avn_node.models.ood import OodModel, detect_with_features
 from avn_node.models.pixels import PixelDecodeError, Radiograph, load_radiograph
-from avn_node.models.transforms import CROP_SCALES, Box, head_crops, letterbox, standardise
-from avn_node.models.weights import ModelInfo, load_weights
+from avn_node.models.transforms import CROP_SCALES, head_crops, letterbox, standardise
+from avn_node.models.weights import load_weights
 
 DETECTION_THRESHOLD = 0.5
-NOTE_THRESHOLD = 0.5
 CAM_PIXELS = 64
-OUTSIDE_EXPERIENCE = "outside the model's experience"
-"""What a refused head says on the captures and in the SR's reason."""
 
 log = logging.getLogger("avn_node.models")
-
-
-@dataclass(frozen=True)
-class HeadFinding:
-    """One detected femoral head. Boxes are in the stored image's pixel columns and rows.
-
-    ``cam`` is the stage head's class activation map (0–1, ``CAM_PIXELS``²) over ``cam_box``.
-    ``side_agrees`` is False when the classifier reads the other side than position and orientation say.
-    ``ood_score`` is the out-of-distribution score (NaN when the weights have no reference; about 1 for a
-    typical unseen in-distribution head); ``out_of_distribution`` is True only when refusal is on and the
-    score exceeds the weights' threshold: then the head is *refused* — stage, notes and probabilities are the
-    model's raw output but must not be asserted, and ``ood_reason`` says why.
-    """
-
-    side: Side
-    box: Box
-    detection_score: float
-    side_probability: float
-    side_agrees: bool
-    stage: FicatStage
-    stage_probabilities: dict[FicatStage, float]
-    note_probabilities: dict[Note, float]
-    cam: np.ndarray = field(repr=False)
-    cam_box: Box = (0.0, 0.0, 0.0, 0.0)
-    ood_score: float = float("nan")
-    out_of_distribution: bool = False
-    ood_reason: str = ""
-
-    @property
-    def evaluated(self) -> bool:
-        """False for a refused head: AVN not evaluated."""
-        return not self.out_of_distribution
-
-    @property
-    def presence_probability(self) -> float:
-        """Probability of AVN (stages II–IV)."""
-        return 1.0 - self.stage_probabilities[FicatStage.ABSENCE]
-
-    @property
-    def notes(self) -> tuple[Note, ...]:
-        """Notes whose probability reaches :data:`NOTE_THRESHOLD`."""
-        return tuple(n for n in NOTES if self.note_probabilities[n] >= NOTE_THRESHOLD)
-
-    @property
-    def severity(self) -> tuple[int, float]:
-        """Sort key: stage first, then presence probability."""
-        return STAGES.index(self.stage), self.presence_probability
-
-
-@dataclass(frozen=True)
-class RadiographFinding:
-    """The reading of one radiograph; ``error`` names why it could not be read (then no heads).
-
-    ``ood_score`` is the larger of the image's own out-of-distribution score and its heads' (NaN without a
-    reference); ``out_of_distribution`` is True, with refusal on, when a head is refused or, with no head found,
-    when the image itself lies beyond the threshold (it then keeps its "FH not found" reading).
-    """
-
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    rows: int
-    columns: int
-    view: View | None
-    ap_probability: float
-    heads: tuple[HeadFinding, ...]
-    error: str = ""
-    ood_score: float = float("nan")
-    out_of_distribution: bool = False
-
-
-@dataclass(frozen=True)
-class HipFinding:
-    """A hip of the case: the most severe stage over its radiographs, decided by one head on one image.
-
-    Only evaluated heads decide. When every head of the hip was refused, ``head`` is the least foreign of
-    them (its box marks the hip) and :attr:`evaluated` is False: AVN not evaluated for that hip.
-    """
-
-    side: Side
-    decided_by: str  # SOP Instance UID
-    head: HeadFinding
-    sources: tuple[str, ...]  # every radiograph whose reading of this hip was used (all, when none was)
-
-    @property
-    def stage(self) -> FicatStage:
-        """The deciding head's stage; meaningless when not :attr:`evaluated`."""
-        return self.head.stage
-
-    @property
-    def evaluated(self) -> bool:
-        return self.head.evaluated
-
-
-@dataclass(frozen=True)
-class CaseFinding:
-    """All radiographs of a case, the fused hips, and the model that read them."""
-
-    radiographs: tuple[RadiographFinding, ...]
-    hips: tuple[HipFinding, ...]
-    model: ModelInfo
-
-
-def fuse_hips(radiographs: tuple[RadiographFinding, ...]) -> tuple[HipFinding, ...]:
-    """Per side, the evaluated head with the most severe stage (ties: higher presence probability) decides.
-
-    A refused head never decides; a hip all of whose heads were refused is reported as not evaluated, marked
-    by its least foreign head.
-    """
-    hips = []
-    for side in (Side.R, Side.L):
-        seen = [(r, h) for r in radiographs for h in r.heads if h.side == side]
-        if not seen:
-            continue
-        used = [(r, h) for r, h in seen if h.evaluated]
-        if used:
-            rad, head = max(used, key=lambda rh: rh[1].severity)
-        else:
-            used = seen
-            rad, head = min(seen, key=lambda rh: rh[1].ood_score)
-        hips.append(HipFinding(side, rad.sop_instance_uid, head, tuple(r.sop_instance_uid for r, _ in used)))
-    return tuple(hips)
 
 
 @dataclass

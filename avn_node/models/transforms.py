@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-Box = tuple[float, float, float, float]
+from avn_node.findings import Box
 
 CROP_SCALES: tuple[float, ...] = tuple(float(s) for s in np.linspace(0.85, 1.05, 5))
 """AVN-net's resampling of each detected head: five scales linearly spaced in [0.85, 1.05] (paper §III.B)."""

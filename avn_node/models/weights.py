@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torchvision.models.detection.ssd import SSD
 
+from avn_node.findings import ModelInfo
 from avn_node.models.classifier import AvnClassifier
 from avn_node.models.detector import build_detector
 from avn_node.models.ood import OodModel, load_ood
@@ -25,23 +25,6 @@ MODEL_FILE = "model.json"
 
 class WeightsError(ValueError):
     """A weights folder is missing a file or does not match the networks."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the SR's algorithm identification needs: name, version, and the sha256 of both weight files.
-
-    ``ood`` is the folder's out-of-distribution reference, None when it has none (then no head gets a score
-    and none can be refused).
-    """
-
-    name: str
-    version: str
-    sha256: str
-    detector_size: int
-    crop_size: int
-    demo: bool
-    ood: OodModel | None = field(default=None, repr=False, compare=False)
 
 
 def save_weights(

@@ -9,13 +9,11 @@ gets its box and "AVN not evaluated, outside the model's experience", no heat ma
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from highdicom.sc import SCImage
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
-from avn_node.models.inference import OUTSIDE_EXPERIENCE, HeadFinding, RadiographFinding
+from avn_node.findings import OUTSIDE_EXPERIENCE, HeadFinding, RadiographFinding
 from avn_node.models.pixels import normalise, presentation_values
 from avn_node.report.drawing import (
     REFUSED_COLOUR,
@@ -35,20 +33,24 @@ HEAT_OPACITY = 0.6
 
 def _grey(source: Dataset) -> tuple[np.ndarray, float]:
     """The displayed radiograph as uint8, at most :data:`MAX_SIDE_PIXELS` on its longer side, and the scale."""
-    image = torch.from_numpy(normalise(presentation_values(source)))
+    image = normalise(presentation_values(source)).astype(np.float32)
     scale = min(1.0, MAX_SIDE_PIXELS / max(image.shape))
     if scale < 1.0:
-        size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-        image = F.interpolate(image[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), scale
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = _resized(image, size)
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), scale
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (float) resampled bilinearly to ``size`` (width, height); antialiased when shrinking."""
+    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
 
 
 def _blend_cam(rgb: np.ndarray, head: HeadFinding, scale: float) -> None:
     """Alpha-blend the head's CAM (opacity grows with activation) into its box, in place."""
     x0, y0, x1, y1 = (c * scale for c in head.cam_box)
     w, h = max(1, round(x1 - x0)), max(1, round(y1 - y0))
-    cam = F.interpolate(torch.from_numpy(head.cam)[None, None], size=(h, w), mode="bilinear", align_corners=False)
-    cam = cam[0, 0].clamp(0, 1).numpy()
+    cam = np.clip(_resized(head.cam, (w, h)), 0, 1)
     cx0, cy0 = round(x0), round(y0)
     ix0, iy0 = max(0, cx0), max(0, cy0)
     ix1, iy1 = min(rgb.shape[1], cx0 + w), min(rgb.shape[0], cy0 + h)

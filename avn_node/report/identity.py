@@ -9,7 +9,7 @@ from highdicom.sr import AlgorithmIdentification, DeviceObserverIdentifyingAttri
 from pydicom.sr.codedict import codes
 
 from avn_node import __version__
-from avn_node.models.weights import ModelInfo
+from avn_node.findings import ModelInfo
 from avn_node.report.codes import ARTIFICIAL_INTELLIGENCE, PROCESSING_EQUIPMENT
 from avn_node.report.uids import derived_uid
 

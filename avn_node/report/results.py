@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from avn_node.models.inference import CaseFinding
+from avn_node.findings import CaseFinding
 from avn_node.report.capture import build_capture
 from avn_node.report.identity import Producer
 from avn_node.report.sr import build_sr

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from avn_node.models.inference import RadiographFinding
+from avn_node.findings import RadiographFinding
 from avn_node.report.identity import MANUFACTURER, Producer
 from avn_node.report.uids import derived_uid
 

@@ -33,8 +33,8 @@ from highdicom.sr import (
 )
 from pydicom.dataset import Dataset
 
+from avn_node.findings import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding, HipFinding, RadiographFinding
 from avn_node.ground_truth import NOTES, FicatStage
-from avn_node.models.inference import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding, HipFinding, RadiographFinding
 from avn_node.report import codes
 from avn_node.report.identity import MANUFACTURER, Producer
 from avn_node.report.uids import derived_uid

@@ -10,8 +10,8 @@ from highdicom.sc import SCImage
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
+from avn_node.findings import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding
 from avn_node.ground_truth import Side
-from avn_node.models.inference import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding
 from avn_node.report.drawing import REFUSED_COLOUR, STAGE_COLOURS, STAGE_LABELS, banner, font
 from avn_node.report.identity import Producer
 from avn_node.report.secondary import secondary_capture

@@ -10,10 +10,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from avn_node.findings import CaseFinding, HeadFinding, ModelInfo, RadiographFinding, fuse_hips
 from avn_node.ground_truth import NOTES, STAGES, GroundTruth, RadiographTruth, View
-from avn_node.models.inference import CaseFinding, HeadFinding, RadiographFinding, fuse_hips
 from avn_node.models.transforms import square_box
-from avn_node.models.weights import ModelInfo
 
 MODEL = ModelInfo(name="AVN-net (avn-node)", version="test-v0", sha256="ab" * 32, detector_size=256, crop_size=160,
                   demo=True)  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 from PIL import ImageDraw
 from pydicom.dataset import Dataset
 
-from avn_node.models.inference import OUTSIDE_EXPERIENCE, CaseFinding, RadiographFinding, fuse_hips
+from avn_node.findings import OUTSIDE_EXPERIENCE, CaseFinding, RadiographFinding, fuse_hips
 from avn_node.report import capture, summary
 from avn_node.report.identity import Producer
 from avn_node.report.sr import build_sr

@@ -10,8 +10,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from avn_node.findings import CaseFinding, RadiographFinding, fuse_hips
 from avn_node.ground_truth import FicatStage
-from avn_node.models.inference import CaseFinding, RadiographFinding, fuse_hips
 from avn_node.report import codes
 from avn_node.report.identity import Producer
 from avn_node.report.results import build_result_sets
