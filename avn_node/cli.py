@@ -19,6 +19,10 @@ app = typer.Typer(
 EXIT_WORK_FAILED = 1
 EXIT_USAGE = 2
 
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="TOML configuration (default: config/avn-node.toml).")
+]
+
 
 def _parse_mix(text: str, option: str) -> dict[str, float]:
     """``"a=1,b=2.5"`` → ``{"a": 1.0, "b": 2.5}``."""
@@ -252,24 +256,37 @@ def analyze(
     refuse_out_of_distribution: Annotated[
         bool, typer.Option(help="Refuse heads unlike the training data: AVN not evaluated, no stage.")
     ] = True,
+    config: ConfigOption = None,
 ) -> None:
-    """Offline: the node's analysis and result objects written as files, no network (DESIGN §3)."""
+    """Offline: the node's analysis and result objects written as files, no network (DESIGN §3).
+
+    ``[routing]`` and ``pipeline.case_window_hours`` come from the configuration, as in ``serve``; weights,
+    threads, refusal and the summary image from the options.
+    """
+    from datetime import timedelta
+
     from rich.console import Console
     from rich.table import Table
 
-    from avn_node.models.inference import Analyzer
+    from avn_node.analyse.analyzers import analyzer_kinds
     from avn_node.models.weights import WeightsError
     from avn_node.offline import analyze as run_offline
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise typer.BadParameter(f"no such file or folder: {', '.join(missing)}", param_hint="PATHS")
+    settings = _settings(config)
+    settings = settings.model_copy(update={
+        "models": settings.models.model_copy(update={
+            "dir": weights.absolute(), "threads": threads, "refuse_out_of_distribution": refuse_out_of_distribution,
+        }),
+        "reporting": settings.reporting.model_copy(update={"summary_image": summary_image}),
+    })  # fmt: skip
     try:
-        analyzer = Analyzer(weights, threads=threads, refuse_out_of_distribution=refuse_out_of_distribution)
+        run = run_offline(paths, out, analyzer_kinds(settings), timedelta(hours=settings.pipeline.case_window_hours))
     except WeightsError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    run = run_offline(paths, out, analyzer, summary_image=summary_image)
     table = Table("patient case", "hip", "stage", "AVN probability", "decided by", title="Hips")
     for i, case in enumerate(run.cases, 1):
         for hip in case.hips:
@@ -287,7 +304,7 @@ def analyze(
         console.print(f"could not analyse {r.sop_instance_uid}: {r.error}")
     console.print(f"{len(run.written)} result objects in {out}")
     if not run.cases:
-        typer.echo("Error: no CR or DX radiograph among the inputs", err=True)
+        typer.echo("Error: no input selected by an analyzer (a CR or DX radiograph within [routing])", err=True)
         raise typer.Exit(EXIT_WORK_FAILED)
 
 
@@ -324,11 +341,6 @@ def fit_ood(
     )
 
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="TOML configuration (default: config/avn-node.toml).")
-]
-
-
 def _settings(config: Path | None):  # noqa: ANN202 - avoids importing pydantic for other commands
     from avn_node.config import ConfigError, load_settings
 
@@ -339,28 +351,52 @@ def _settings(config: Path | None):  # noqa: ANN202 - avoids importing pydantic 
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _peer(text: str, option: str):  # noqa: ANN202
-    """``AET@HOST:PORT`` → a destination."""
+def _database(settings):  # noqa: ANN001, ANN202
+    """The existing database of ``settings``, or exit 1 saying why there is none."""
+    from avn_node.store.database import DatabaseNotReadyError, connect
+
+    try:
+        return connect(settings.database.url)
+    except DatabaseNotReadyError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED) from None
+
+
+def _peer(text: str, option: str, calling_aet: str):  # noqa: ANN202
+    """``AET@HOST:PORT`` and our AE title → a destination; a usage error (exit 2) names what is wrong."""
+    from pydantic import ValidationError
+
     from avn_node.config import Destination
 
     aet, at, rest = text.partition("@")
     host, colon, port = rest.rpartition(":")
     if not (aet and at and host and colon and port.isdigit()):
         raise typer.BadParameter(f"expected AET@HOST:PORT, got {text!r}", param_hint=option)
-    return Destination(name=text, ae_title=aet, host=host, port=int(port))
+    try:
+        return Destination(name=text, ae_title=aet, host=host, port=int(port), calling_ae_title=calling_aet)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        hint = "--calling-aet" if error["loc"][0] == "calling_ae_title" else option
+        raise typer.BadParameter(error["msg"].removeprefix("Value error, "), param_hint=hint) from None
 
 
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the node: SCP, grouping, analysis, reporting and dispatch in one process (DESIGN §3)."""
+    import signal
+    import threading
+
     from avn_node.logs import configure_logging
     from avn_node.models.weights import WeightsError
     from avn_node.serve import serve as run_node
 
     settings = _settings(config)
     configure_logging(settings.logging.level, settings.logging.json_logs)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop accepting, finish the running job, exit
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        run_node(settings)
+        run_node(settings, stop)
     except WeightsError as exc:
         typer.echo(f'Error: key "models.dir": {exc}', err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -372,12 +408,13 @@ def echo(
     calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "AVN_NODE",
 ) -> None:
     """C-ECHO a DICOM peer."""
-    from pynetdicom import AE
+    from pynetdicom.presentation import build_context
     from pynetdicom.sop_class import Verification
 
-    destination = _peer(peer, "PEER")
-    ae = AE(ae_title=calling_aet)
-    ae.add_requested_context(Verification)
+    from avn_node.association import scu_ae
+
+    destination = _peer(peer, "PEER", calling_aet)
+    ae = scu_ae(destination.calling_ae_title, [build_context(Verification)])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         typer.echo(f"Error: no association with {peer}", err=True)
@@ -403,7 +440,7 @@ def send(
     from avn_node.dispatch.sender import send_files
     from avn_node.store.files import files_under
 
-    destination = _peer(to, "--to").model_copy(update={"calling_ae_title": calling_aet})
+    destination = _peer(to, "--to", calling_aet)
     files = []
     for path in files_under(paths):
         try:
@@ -430,12 +467,11 @@ def status(
     """Studies, cases, jobs, deliveries, failures and stored results."""
     import json
 
-    from avn_node.store.database import open_database
     from avn_node.store.status import node_status
 
     settings = _settings(config)
-    with open_database(settings.database.url)() as session:
-        report = node_status(session)
+    with _database(settings)() as session:
+        report = node_status(session, settings.node.data_dir)
     if json_output:
         typer.echo(json.dumps(report))
         return
@@ -458,10 +494,9 @@ def reanalyse(
     Results already made stay as they are; the new SR names its predecessor. Exit 1 if any study was not queued.
     """
     from avn_node.group.scheduler import reanalyse_studies
-    from avn_node.store.database import open_database
 
     settings = _settings(config)
-    with open_database(settings.database.url)() as session:
+    with _database(settings)() as session:
         outcome = reanalyse_studies(session, study_uids)
         session.commit()
     for uid, (_, what) in outcome.items():
@@ -482,12 +517,11 @@ def deliveries_retry(
 ) -> None:
     """Re-queue failed deliveries; the running node sends them at once."""
     from avn_node.dispatch.sender import retry_deliveries
-    from avn_node.store.database import open_database
 
     if bool(ids) == all_dead:
         raise typer.BadParameter("give delivery IDs or --all, not both or neither", param_hint="--all")
     settings = _settings(config)
-    with open_database(settings.database.url)() as session:
+    with _database(settings)() as session:
         n = retry_deliveries(session, ids or None)
     typer.echo(f"{n} deliveries re-queued")
 
@@ -498,7 +532,7 @@ def purge(
     config: ConfigOption = None,
 ) -> None:
     """Delete received images and results older than the retention; rows stay as an audit trace."""
-    from avn_node.store.database import open_database
+    from avn_node.store.files import LocalFileStore
     from avn_node.store.retention import purge_older_than
 
     settings = _settings(config)
@@ -506,6 +540,23 @@ def purge(
     if days <= 0:
         typer.echo("retention is 0 (keep forever): nothing purged")
         return
-    with open_database(settings.database.url)() as session:
-        n = purge_older_than(session, days)
-    typer.echo(f"{n} files deleted")
+    with _database(settings)() as session:
+        deleted, failed = purge_older_than(session, LocalFileStore(settings.node.data_dir), days)
+    typer.echo(f"{deleted} files deleted")
+    if failed:
+        typer.echo(f"Error: {failed} files could not be deleted; their rows are unchanged (see the log)", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED)
+
+
+db_app = typer.Typer(help="The node's database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Create the database or bring it to this version's schema (``serve`` does this at start too)."""
+    from avn_node.store.database import migrate
+
+    settings = _settings(config)
+    migrate(settings.database.url)
+    typer.echo(f"database at the newest schema: {settings.database.url}")

@@ -1,4 +1,9 @@
-"""Configuration (DESIGN §4): TOML file, then ``AVN_`` environment overrides with ``__`` nesting."""
+"""Configuration (DESIGN §4): TOML file, then ``AVN_`` environment overrides with ``__`` nesting.
+
+Relative paths (``node.data_dir``, ``models.dir``, a SQLite URL's file) in a file resolve against that file's
+folder; from the environment or the defaults, against the working directory. Settings are frozen, and a value
+whose feature is not built is refused with the key that holds it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from avn_node.models import DEFAULT_WEIGHTS
 
@@ -19,7 +25,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _ae_title(value: str) -> str:
@@ -123,7 +129,7 @@ class Destination(_Section):
 class Settings(BaseSettings):
     """Everything the node reads from its configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="AVN_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="AVN_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     node: NodeSettings = NodeSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -154,11 +160,64 @@ class Settings(BaseSettings):
         return self.node.data_dir / "tmp"
 
 
+NOT_BUILT = "is not implemented yet"
+
+
+def unbuilt_features(settings: Settings) -> list[str]:
+    """``key: why`` for every value that asks for a feature the node does not have (it would be ignored)."""
+    problems = [f"destinations.{i}.tls: TLS {NOT_BUILT}" for i, d in enumerate(settings.destinations) if d.tls]
+    problems += [f"security.{k}: TLS {NOT_BUILT}" for k in ("tls_cert", "tls_key", "tls_ca")
+                 if getattr(settings.security, k)]  # fmt: skip
+    if settings.queue.backend != "local":
+        problems.append(f'queue.backend: "{settings.queue.backend}" {NOT_BUILT} (only "local")')
+    problems += [f"reporting.{k}: {k} output {NOT_BUILT}" for k in ("gsps", "segmentation")
+                 if getattr(settings.reporting, k)]  # fmt: skip
+    if settings.dashboard != DashboardSettings():
+        problems.append(f"dashboard: the dashboard {NOT_BUILT}")
+    return problems
+
+
+def _resolved_path(value: object, base: Path) -> object:
+    path = Path(str(value)).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _resolved_url(url: object, base: Path) -> object:
+    """A SQLite URL's relative file against ``base``; other URLs (and in-memory SQLite) as they are."""
+    parsed = make_url(str(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    return parsed.set(database=str(_resolved_path(parsed.database, base))).render_as_string(hide_password=False)
+
+
+def _resolve_against(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``raw`` (TOML or environment values) with its relative paths made absolute against ``base``."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, key, resolve in (("node", "data_dir", _resolved_path), ("models", "dir", _resolved_path),
+                                  ("database", "url", _resolved_url)):  # fmt: skip
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out[section][key] = resolve(out[section][key], base)
+    return out
+
+
+def _absolute(settings: Settings) -> Settings:
+    """Paths still relative (from the environment or the defaults) against the working directory."""
+    cwd = Path.cwd()
+    fields = {"node": settings.node.model_dump(), "models": settings.models.model_dump(),
+              "database": settings.database.model_dump()}  # fmt: skip
+    fixed = _resolve_against(fields, cwd)
+    return settings.model_copy(update={
+        "node": NodeSettings(**fixed["node"]), "models": ModelsSettings(**fixed["models"]),
+        "database": DatabaseSettings(**fixed["database"]),
+    })  # fmt: skip
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Read ``path`` (default: the embedded ``config/avn-node.toml``) and the environment.
 
     Raises:
-        ConfigError: unreadable TOML, an unknown key or a bad value; the message names key and file.
+        ConfigError: unreadable TOML, an unknown key, a bad value or one whose feature is not built; the
+            message names key and file.
     """
     path = path or DEFAULT_CONFIG
     try:
@@ -168,10 +227,13 @@ def load_settings(path: Path | None = None) -> Settings:
     if not path.exists() and path != DEFAULT_CONFIG:
         raise ConfigError(f"{path}: no such configuration file")
     try:
-        return Settings(**raw)
+        settings = _absolute(Settings(**_resolve_against(raw, path.resolve().parent)))
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             key = ".".join(str(p) for p in error["loc"])
             problems.append(f'key "{key}": {error["msg"]}')
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    if problems := unbuilt_features(settings):
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return settings

@@ -6,8 +6,12 @@ import json
 import logging
 import sys
 
+STANDARD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record; fields passed as ``extra`` (e.g. by node events) are kept, as given."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
@@ -15,9 +19,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update({k: v for k, v in vars(record).items() if k not in STANDARD_FIELDS and k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:

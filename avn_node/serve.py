@@ -1,26 +1,28 @@
-"""``avn-node serve``: receiver, scheduler, a bounded local worker and the dispatcher in one process.
+"""The node: receiver, scheduler, a local worker and one dispatcher per destination, each in its own thread,
+owned by one :class:`Node` with ``start()`` and ``stop()`` (``avn-node serve`` adds the signal handling).
 
-SIGTERM stops accepting, lets the running job finish, and leaves everything else in the database, where the
+Stopping stops accepting, lets the running job finish, and leaves everything else in the database, where the
 next start picks it up.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
-from sqlalchemy import update
-
-from avn_node.analyse.worker import claim_job, run_job
+from avn_node.analyse.analyzers import Analyzer, analyzer_kinds
+from avn_node.analyse.queue import JobQueue
+from avn_node.analyse.worker import Worker
+from avn_node.association import configure_process
 from avn_node.config import Settings
-from avn_node.dispatch.sender import dispatch_due
+from avn_node.dispatch.sender import Dispatcher
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import start_scp
 from avn_node.store.database import open_database
-from avn_node.store.models import Job, JobState, utcnow
+from avn_node.store.files import LocalFileStore
+from avn_node.store.models import utcnow
 from avn_node.store.retention import purge_older_than
 
 log = logging.getLogger("avn_node.serve")
@@ -28,62 +30,97 @@ TICK_SECONDS = 0.5
 RETENTION_SWEEP_SECONDS = 24 * 3600
 
 
-def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGTERM/SIGINT when run from the main thread)."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    settings.node.data_dir.mkdir(parents=True, exist_ok=True)
-    sessions = open_database(settings.database.url)
-    with sessions() as session:  # a single local worker: whatever ran before a restart runs again
-        resumed = session.execute(
-            update(Job).where(Job.state == JobState.RUNNING).values(state=JobState.QUEUED, lease_until=None)
-        ).rowcount
-        session.commit()
-    if resumed:
-        log.info("resuming %d interrupted analysis jobs", resumed)
-    analyzer = None
-    if settings.pipeline.analyse:
-        from avn_node.models.inference import Analyzer
+def worker_id(settings: Settings) -> str:
+    """This node's name on the jobs it holds: the same after a restart, different for a node elsewhere."""
+    return f"{socket.gethostname()}:{settings.node.port}:{settings.node.data_dir}"[:128]
 
-        analyzer = Analyzer(
-            settings.models.dir,
-            threads=settings.models.threads,
-            device=settings.models.device,
-            refuse_out_of_distribution=settings.models.refuse_out_of_distribution,
-        )
-        log.info("model %s %s loaded (sha256 %s)", analyzer.info.name, analyzer.info.version, analyzer.info.sha256[:12])
-    server = start_scp(settings, sessions)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyse")
-    running: Future[None] | None = None
-    next_sweep = time.monotonic()
-    try:
-        while not stop.is_set():
-            try:
-                if settings.storage.retention_days > 0 and time.monotonic() >= next_sweep:
-                    with sessions() as session:
-                        deleted = purge_older_than(session, settings.storage.retention_days)
-                    log.info("retention sweep: %d files older than %s days deleted", deleted,
-                             settings.storage.retention_days)  # fmt: skip
-                    next_sweep = time.monotonic() + RETENTION_SWEEP_SECONDS
-                with sessions() as session:
-                    close_stable_studies(session, settings.pipeline, utcnow())
-                    if analyzer is not None:
-                        schedule_cases(session, settings.pipeline)
-                    session.commit()
-                if analyzer is not None and (running is None or running.done()):
-                    with sessions() as session:
-                        job = claim_job(session, settings.queue.lease_seconds)
-                    if job is not None:
-                        running = pool.submit(run_job, settings, sessions, analyzer, job.id)
-                if settings.destinations:
-                    dispatch_due(settings, sessions)
-            except Exception:  # noqa: BLE001 - the database holds the work; the next tick tries again
-                log.exception("scheduler tick failed; retrying")
-            stop.wait(TICK_SECONDS)
-    finally:
+
+class Node:
+    """One running node over the database and file store of ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.server = None
+
+    def start(self) -> None:
+        """Migrate, load the analyzers, reclaim this node's interrupted jobs, then receive, schedule, analyse and
+        dispatch in the background."""
+        settings = self.settings
+        settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+        configure_process(settings.tmp_dir)
+        self.sessions = open_database(settings.database.url)
+        self.files = LocalFileStore(settings.node.data_dir)
+        self.queue = JobQueue(self.sessions, worker_id(settings), settings.queue.lease_seconds)
+        analyzers: dict[str, Analyzer] = {}
+        if settings.pipeline.analyse:
+            for kind in analyzer_kinds(settings):
+                analyzers[kind.name] = kind.load()
+                log.info("analyzer %s %s loaded", kind.name, analyzers[kind.name].version)
+            if resumed := self.queue.reclaim():
+                log.info("resuming %d interrupted analysis jobs", resumed)
+        self.server = start_scp(settings, self.sessions)
+        self._spawn("schedule", self._schedule)
+        if analyzers:
+            worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
+            self._spawn("analyse", lambda: self._loop(worker.run_next, "analysis"))
+        for destination in settings.destinations:
+            dispatcher = Dispatcher(settings, self.sessions, self.files, destination)
+            self._spawn(f"dispatch-{destination.name}", lambda d=dispatcher: d.loop(self.stopping, TICK_SECONDS))
+
+    def stop(self) -> None:
+        """No new associations; the running job and sends finish; then every thread has ended."""
         log.info("stopping: no new associations; finishing the running job")
-        server.shutdown()
-        pool.shutdown(wait=True)
+        if self.server is not None:
+            self.server.shutdown()
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
         log.info("stopped")
+
+    def _spawn(self, name: str, target) -> None:  # noqa: ANN001
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _loop(self, step, what: str) -> None:  # noqa: ANN001
+        """Call ``step`` until stopping; right away again when it did work, else after a tick."""
+        while not self.stopping.is_set():
+            try:
+                if step():
+                    continue
+            except Exception:  # noqa: BLE001 - the database holds the work; the next tick tries again
+                log.exception("%s failed; retrying", what)
+            self.stopping.wait(TICK_SECONDS)
+
+    def _schedule(self) -> None:
+        next_sweep = time.monotonic()
+        settings = self.settings
+
+        def tick() -> bool:
+            nonlocal next_sweep
+            if settings.storage.retention_days > 0 and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + RETENTION_SWEEP_SECONDS
+                with self.sessions() as session:
+                    deleted, failed = purge_older_than(session, self.files, settings.storage.retention_days)
+                log.info("retention sweep: %d files older than %s days deleted, %d could not be", deleted,
+                         settings.storage.retention_days, failed)  # fmt: skip
+            with self.sessions() as session:
+                close_stable_studies(session, settings.pipeline, utcnow())
+                if settings.pipeline.analyse:
+                    schedule_cases(session, settings.pipeline)
+                session.commit()
+            return False
+
+        self._loop(tick, "scheduler tick")
+
+
+def serve(settings: Settings, stop: threading.Event) -> None:
+    """Run a :class:`Node` until ``stop`` is set."""
+    node = Node(settings)
+    node.start()
+    try:
+        stop.wait()
+    finally:
+        node.stop()

@@ -80,19 +80,18 @@ def _sr_arrival(archive: Path, study: str, timeout: float) -> tuple[float, float
 
 
 def _stage_seconds(database: Path, arrivals: dict[str, float]) -> dict[str, list[float]]:
-    """Per uncompressed study: the job's own stage timings (its case.reported event) and dispatch, from the
-    job's end to the SR's arrival (the scheduler tick included)."""
+    """Per uncompressed study: the job's own stage timings (its job.done event) and dispatch, from the job's end
+    to the SR's arrival (the dispatcher's poll included)."""
     stages: dict[str, list[float]] = {}
     with sqlite3.connect(database) as db:
         for study, wall in arrivals.items():
             (case_id,) = db.execute("SELECT case_id FROM studies WHERE study_instance_uid = ?", (study,)).fetchone()
-            detail, finished = db.execute(
-                "SELECT e.detail, j.finished_at FROM events e JOIN jobs j ON j.case_id = CAST(e.subject AS INTEGER) "
-                "AND j.version = json_extract(e.detail, '$.version') WHERE e.kind = 'case.reported' AND e.subject = ? "
-                "ORDER BY e.id DESC LIMIT 1",
-                (str(case_id),),
+            data, finished = db.execute(
+                "SELECT e.data, j.finished_at FROM events e JOIN jobs j ON j.id = CAST(e.subject AS INTEGER) "
+                "WHERE e.kind = 'job.done' AND j.case_id = ? ORDER BY e.id DESC LIMIT 1",
+                (case_id,),
             ).fetchone()
-            for name, seconds in json.loads(detail)["seconds"].items():
+            for name, seconds in json.loads(data)["timings"].items():
                 stages.setdefault(name, []).append(seconds)
             finished_at = datetime.fromisoformat(finished).replace(tzinfo=UTC).timestamp()
             stages.setdefault("dispatch", []).append(wall - finished_at)

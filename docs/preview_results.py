@@ -13,9 +13,10 @@ from pathlib import Path
 import pydicom
 from PIL import Image
 
+from avn_node.analyse.analyzers import analyzer_kinds
+from avn_node.config import ModelsSettings, Settings
 from avn_node.ground_truth import FicatStage, View
 from avn_node.models import DEFAULT_WEIGHTS
-from avn_node.models.inference import Analyzer
 from avn_node.offline import analyze
 from avn_node.phantom.generate import PhantomOptions, generate
 
@@ -30,7 +31,8 @@ def main(weights: Path = DEFAULT_WEIGHTS) -> None:
             r for r in truth.radiographs
             if r.view == View.AP and any(h.stage in (FicatStage.III, FicatStage.IV) for h in r.heads)
         )  # fmt: skip
-        run = analyze([data / Path(ap.file).parent], results, Analyzer(weights))
+        kinds = analyzer_kinds(Settings(models=ModelsSettings(dir=weights)))
+        run = analyze([data / Path(ap.file).parent], results, kinds)
         for path in run.written:
             ds = pydicom.dcmread(path)
             name = None

@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,3 +251,33 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def race_between_read_and_write(
+    monkeypatch: pytest.MonkeyPatch, owner: type, write: str, claimers: list[Callable[[], object]]
+) -> list[object]:
+    """Run ``claimers`` in threads that all pass their read before any makes its first ``owner.write`` call
+    (a barrier), as two workers racing for one row would; returns what each claimer returned."""
+    barrier = threading.Barrier(len(claimers), timeout=30)
+    original = getattr(owner, write)
+    waited: set[int] = set()
+
+    def gated(*args: object, **kwargs: object) -> object:
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            barrier.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, write, staticmethod(gated))
+    results: list[object] = [None] * len(claimers)
+
+    def run(i: int) -> None:
+        results[i] = claimers[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(claimers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads), "a claimer did not finish"
+    return results

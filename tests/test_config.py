@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from avn_node.config import DEFAULT_CONFIG, ConfigError, load_settings
 
@@ -42,3 +43,62 @@ def test_config_rejects_destination_ae_title_over_16_characters(tmp_path: Path):
     bad.write_text('[[destinations]]\nname = "a"\nae_title = "A_VERY_LONG_AE_TITLE"\nhost = "h"\nport = 104\n')
     with pytest.raises(ConfigError, match=r'"destinations\.0\.ae_title"'):
         load_settings(bad)
+
+
+def test_config_relative_paths_in_a_file_resolve_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    config = folder / "node.toml"
+    config.write_text('[node]\ndata_dir = "../data"\n[database]\nurl = "sqlite:///../data/node.db"\n'
+                      '[models]\ndir = "weights"\n')  # fmt: skip
+    monkeypatch.chdir(tmp_path / "etc")
+    elsewhere = tmp_path / "cron"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    s = load_settings(config)
+    assert s.node.data_dir == tmp_path / "data"
+    assert s.database.url == f"sqlite:///{tmp_path / 'data' / 'node.db'}"
+    assert s.models.dir == folder / "weights"
+
+
+def test_config_relative_environment_paths_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AVN_NODE__DATA_DIR", "here")
+    assert load_settings(DEFAULT_CONFIG).node.data_dir == tmp_path / "here"
+
+
+def test_config_embedded_default_points_at_the_checkout_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(DEFAULT_CONFIG)
+    assert s.node.data_dir == DEFAULT_CONFIG.parents[1] / "var"
+    assert (s.models.dir / "model.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 104\ntls = true\n', "destinations.0.tls"),
+        ('[security]\ntls_cert = "node.pem"\n', "security.tls_cert"),
+        ('[queue]\nbackend = "celery"\n', "queue.backend"),
+        ("[reporting]\ngsps = true\n", "reporting.gsps"),
+        ("[reporting]\nsegmentation = true\n", "reporting.segmentation"),
+        ("[dashboard]\nport = 9000\n", "dashboard"),
+    ],
+)
+def test_cli_refuses_a_value_whose_feature_is_not_built_with_exit_2_naming_the_key(tmp_path: Path, toml: str, key: str):
+    config = tmp_path / "unbuilt.toml"
+    config.write_text(toml)
+    proc = subprocess.run([sys.executable, "-m", "avn_node", "status", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"{key}:" in proc.stderr and "not implemented yet" in proc.stderr
+
+
+def test_settings_are_frozen():
+    s = load_settings(DEFAULT_CONFIG)
+    with pytest.raises(ValidationError):
+        s.node.port = 1

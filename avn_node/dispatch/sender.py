@@ -7,22 +7,26 @@ since the delivery was created it is dead-lettered (``avn-node deliveries retry`
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.presentation import build_context
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from avn_node.association import DEFAULT_TIMEOUT_SECONDS, scu_ae
 from avn_node.config import Destination, DispatchSettings, Settings
+from avn_node.events import NodeEvent, emit
 from avn_node.receive.statuses import STORED
-from avn_node.store.models import Delivery, DeliveryState, Event, utcnow
+from avn_node.store.files import LocalFileStore
+from avn_node.store.models import Delivery, DeliveryState, Result, utcnow
 
 log = logging.getLogger("avn_node.dispatch")
+BATCH = 32  # deliveries per association
 
 
 def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> datetime:
@@ -31,7 +35,9 @@ def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> da
     return now + timedelta(seconds=delay)
 
 
-def send_files(destination: Destination, paths: list[Path], timeout: float = 30) -> dict[Path, str]:
+def send_files(
+    destination: Destination, paths: list[Path], timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> dict[Path, str]:
     """C-STORE every file over one association; per file ``""`` on success, else the reason.
 
     Proposes, per SOP class, one context per transfer syntax: each syntax the files use, plus Explicit and
@@ -49,13 +55,12 @@ def send_files(destination: Destination, paths: list[Path], timeout: float = 30)
             outcome[path] = f"cannot read the file: {type(exc).__name__}: {exc}"
     if not readable:
         return outcome
-    ae = AE(ae_title=destination.calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.requested_contexts = [
+    contexts = [
         build_context(sop, ts)
         for sop, used in syntaxes.items()
         for ts in sorted(used | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
     ]
+    ae = scu_ae(destination.calling_ae_title, contexts, timeout)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or aborted)"
@@ -80,47 +85,101 @@ def send_files(destination: Destination, paths: list[Path], timeout: float = 30)
     return outcome
 
 
-def dispatch_due(settings: Settings, sessions: sessionmaker[Session]) -> int:
-    """Send every delivery that is due; returns how many were sent."""
-    destinations = {d.name: d for d in settings.destinations}
-    now = utcnow()
-    with sessions() as session:
-        due = session.scalars(
-            select(Delivery).where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
-        ).all()
-        by_destination: dict[str, list[Delivery]] = defaultdict(list)
-        for delivery in due:
-            by_destination[delivery.destination].append(delivery)
+class Dispatcher:
+    """The deliveries to one destination, in a loop of their own: a hung archive stalls only itself.
+
+    Each round claims up to :data:`BATCH` due deliveries with compare-and-set (pushing their next attempt past
+    the time the send may take, which is the claim's lease), sends them over one association with no session
+    open, and records each outcome in one short transaction.
+    """
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], files: LocalFileStore,
+                 destination: Destination, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
+        self.settings, self.sessions, self.files = settings, sessions, files
+        self.destination, self.timeout = destination, timeout
+
+    def claim(self) -> list[tuple[int, str, bool]]:
+        """(delivery id, result file key, result purged) of the due deliveries this dispatcher now holds."""
+        now = utcnow()
+        lease = now + timedelta(seconds=self.timeout * (BATCH + 3))
+        claimed = []
+        with self.sessions() as session:
+            due = session.execute(
+                select(Delivery.id, Delivery.next_attempt_at, Result.file_key, Result.purged)
+                .join(Result, Result.id == Delivery.result_id)
+                .where(Delivery.destination == self.destination.name, Delivery.state == DeliveryState.PENDING,
+                       Delivery.next_attempt_at <= now)
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(BATCH)
+            ).all()  # fmt: skip
+            for delivery_id, seen, key, purged in due:
+                if self._take(session, delivery_id, seen, lease):
+                    claimed.append((delivery_id, key, purged))
+            session.commit()
+        return claimed
+
+    @staticmethod
+    def _take(session: Session, delivery_id: int, seen: datetime, lease: datetime) -> bool:
+        """Compare-and-set: hold the delivery only if it is still pending with the next attempt seen."""
+        taken = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
+            .where(Delivery.next_attempt_at == seen)
+            .values(next_attempt_at=lease)
+        )
+        return taken.rowcount == 1
+
+    def run_once(self) -> int:
+        """Claim, send and record one round; returns how many were sent."""
+        claimed = self.claim()
+        if not claimed:
+            return 0
+        paths = {key: self.files.local_path(key) for _, key, purged in claimed if not purged}
+        outcome = send_files(self.destination, list(paths.values()), self.timeout) if paths else {}
+        errors = {key: outcome[path] for key, path in paths.items()}
+        errors.update({key: "result purged by retention" for _, key, purged in claimed if purged})
+        return self._record({delivery_id: errors[key] for delivery_id, key, _ in claimed})
+
+    def _record(self, errors: dict[int, str]) -> int:
         sent = 0
-        for name, deliveries in by_destination.items():
-            destination = destinations.get(name)
-            if destination is None:
-                outcome = {Path(d.result.path): f'destination "{name}" is no longer configured' for d in deliveries}
-            else:
-                outcome = send_files(destination, [Path(d.result.path) for d in deliveries if not d.result.purged])
-                outcome.update(
-                    {Path(d.result.path): "result purged by retention" for d in deliveries if d.result.purged}
-                )
-            for delivery in deliveries:
-                error = outcome[Path(delivery.result.path)]
+        now = utcnow()
+        name = self.destination.name
+        with self.sessions() as session:
+            for delivery_id, error in errors.items():
+                delivery = session.get(Delivery, delivery_id)
+                assert delivery is not None
                 delivery.attempts += 1
+                uid = delivery.result.sop_instance_uid
+                data = {"destination": name, "sop_instance_uid": uid, "attempt": delivery.attempts}
                 if not error:
                     delivery.state = DeliveryState.SENT
                     delivery.sent_at = utcnow()
                     sent += 1
-                    log.info("sent %s to %s", delivery.result.sop_instance_uid, name)
+                    emit(session, NodeEvent("delivery.done", str(delivery_id), data=data))
+                    log.info("sent %s to %s", uid, name)
                     continue
                 delivery.last_error = error
-                if now - delivery.created_at >= timedelta(hours=settings.dispatch.give_up_hours):
+                if now - delivery.created_at >= timedelta(hours=self.settings.dispatch.give_up_hours):
                     delivery.state = DeliveryState.DEAD
-                    session.add(Event(kind="delivery.dead", subject=str(delivery.id), detail=error))
-                    log.error("gave up sending %s to %s: %s", delivery.result.sop_instance_uid, name, error)
+                    emit(session, NodeEvent("delivery.dead", str(delivery_id), error, data))
+                    log.error("gave up sending %s to %s: %s", uid, name, error)
                 else:
-                    delivery.next_attempt_at = next_attempt(settings.dispatch, delivery.attempts, now)
-                    log.warning("sending %s to %s failed (%s); next attempt %s", delivery.result.sop_instance_uid,
-                                name, error, delivery.next_attempt_at.isoformat())  # fmt: skip
-        session.commit()
-    return sent
+                    delivery.next_attempt_at = next_attempt(self.settings.dispatch, delivery.attempts, now)
+                    emit(session, NodeEvent("delivery.failed", str(delivery_id), error, data))
+                    log.warning("sending %s to %s failed (%s); next attempt %s", uid, name, error,
+                                delivery.next_attempt_at.isoformat())  # fmt: skip
+            session.commit()
+        return sent
+
+    def loop(self, stop: threading.Event, idle_seconds: float = 0.5) -> None:
+        """Run rounds until ``stop`` is set; an error is logged and the round tried again."""
+        while not stop.is_set():
+            try:
+                if self.run_once():
+                    continue
+            except Exception:  # noqa: BLE001 - the database holds the work; the next round tries again
+                log.exception("dispatch to %s failed; retrying", self.destination.name)
+            stop.wait(idle_seconds)
 
 
 def retry_deliveries(session: Session, ids: list[int] | None) -> int:
@@ -133,6 +192,6 @@ def retry_deliveries(session: Session, ids: list[int] | None) -> int:
         delivery.state = DeliveryState.PENDING
         delivery.next_attempt_at = now
         delivery.created_at = now  # a fresh give-up window
-        session.add(Event(kind="delivery.retry", subject=str(delivery.id)))
+        emit(session, NodeEvent("delivery.retry", str(delivery.id), data={"destination": delivery.destination}))
     session.commit()
     return len(rows)

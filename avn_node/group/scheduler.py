@@ -1,7 +1,7 @@
 """Idle and force timers as queries over UTC columns (mercure's routing, without folders), then cases.
 
 A case is one patient's (Patient ID + Issuer) complete studies whose Study Date/Time lie within
-``case_window_hours`` of the case's first study — measured from that first study, so cases never chain.
+``case_window_hours`` of the case's first study (:func:`avn_node.group.cases.joins_case`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from avn_node.config import PipelineSettings
-from avn_node.store.models import Case, CaseState, Event, Instance, InstanceState, Job, JobState, Study, StudyState
+from avn_node.events import NodeEvent, emit
+from avn_node.group.cases import joins_case
+from avn_node.store.models import Case, CaseState, Instance, InstanceState, Job, JobState, Study, StudyState
 
 log = logging.getLogger("avn_node.group")
 
@@ -31,7 +33,8 @@ def close_stable_studies(session: Session, pipeline: PipelineSettings, now: date
     for study in studies:
         study.state = StudyState.COMPLETE
         study.completed_at = now
-        session.add(Event(kind="study.complete", subject=study.study_instance_uid))
+        receiving = (now - study.first_received_at).total_seconds()
+        emit(session, NodeEvent("study.complete", study.study_instance_uid, data={"seconds_receiving": receiving}))
         log.info("study %s complete", study.study_instance_uid)
     return [s.study_instance_uid for s in studies]
 
@@ -54,8 +57,10 @@ def _case_for(session: Session, study: Study, window: timedelta) -> Case:
             .order_by(Case.id)
         ).all()
     )
+    patient = (study.patient_id, study.issuer_of_patient_id)
     for case in candidates:
-        if case.anchor_datetime is not None and abs(_anchor(study) - case.anchor_datetime) <= window:
+        if joins_case((case.patient_id, case.issuer_of_patient_id), case.anchor_datetime, patient, _anchor(study),
+                      window):  # fmt: skip
             return case
     case = Case(
         patient_id=study.patient_id, issuer_of_patient_id=study.issuer_of_patient_id, anchor_datetime=_anchor(study)
@@ -68,20 +73,24 @@ def _case_for(session: Session, study: Study, window: timedelta) -> Case:
 def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
     """Put complete studies with unanalysed images into cases and queue one job per case version."""
     accepted = (
-        select(Instance.study_instance_uid, func.count(func.distinct(Instance.sop_instance_uid)).label("n"))
+        select(
+            Instance.study_instance_uid,
+            func.count(func.distinct(Instance.sop_instance_uid)).label("n"),
+            func.max(Instance.analyzer).label("analyzer"),
+        )
         .where(Instance.state == InstanceState.ACCEPTED)
         .group_by(Instance.study_instance_uid)
         .subquery()
     )
     rows = session.execute(
-        select(Study, accepted.c.n)
+        select(Study, accepted.c.analyzer)
         .join(accepted, accepted.c.study_instance_uid == Study.study_instance_uid)
         .where(Study.state == StudyState.COMPLETE, Study.analysed_instances < accepted.c.n)
         .order_by(Study.id)
     ).all()
     queued = []
     window = timedelta(hours=pipeline.case_window_hours)
-    for study, _ in rows:
+    for study, analyzer in rows:
         if study.case_id is None:
             study.case = _case_for(session, study, window)
             session.flush()
@@ -94,8 +103,9 @@ def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
             continue  # the next version follows once this one is done
         case.version += 1
         case.state = CaseState.PENDING
-        session.add(Job(case_id=case.id, version=case.version))
-        session.add(Event(kind="case.queued", subject=str(case.id), detail=f"version {case.version}"))
+        session.add(Job(case_id=case.id, version=case.version, analyzer=analyzer))
+        emit(session, NodeEvent("case.queued", str(case.id), data={"version": case.version, "analyzer": analyzer,
+                                                                   "study": study.study_instance_uid}))  # fmt: skip
         session.flush()
         log.info("case %d version %d queued (study %s)", case.id, case.version, study.study_instance_uid)
         queued.append(case.id)
@@ -123,10 +133,11 @@ def reanalyse_studies(session: Session, study_uids: list[str]) -> dict[str, tupl
             outcome[uid] = (False, f"case {study.case_id} already has a job queued or running")
         else:
             case = study.case
+            analyzer = session.scalar(select(Job.analyzer).where(Job.case_id == case.id).order_by(Job.id.desc()))
             case.version += 1
             case.state = CaseState.PENDING
-            session.add(Job(case_id=case.id, version=case.version))
-            session.add(Event(kind="case.queued", subject=str(case.id), detail=f"version {case.version} on demand"))
+            session.add(Job(case_id=case.id, version=case.version, analyzer=analyzer or "radiograph"))
+            emit(session, NodeEvent("case.queued", str(case.id), "on demand", {"version": case.version, "study": uid}))
             session.flush()
             log.info("case %d version %d queued on demand (study %s)", case.id, case.version, uid)
             outcome[uid] = (True, f"case {case.id} version {case.version} queued")

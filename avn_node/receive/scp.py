@@ -1,4 +1,4 @@
-"""The SCP: one AE built from settings, one C-STORE handler that writes durably and only then succeeds.
+"""The SCP: one C-STORE handler that writes durably and only then succeeds (the AE: :mod:`avn_node.association`).
 
 pynetdicom streams each dataset to a temp file inside ``data_dir`` (``STORE_RECV_CHUNKED_DATASET``); the
 handler checks watermark and size, reads the header for UIDs, fsyncs, renames into the store, commits the
@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import evt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
+from avn_node.association import peer, reject_unlisted_address, scp_ae
 from avn_node.config import Settings
-from avn_node.receive import RADIOGRAPH_CLASSES
+from avn_node.events import NodeEvent, emit, emit_now
+from avn_node.group.cases import patient_of, study_datetime
 from avn_node.receive.statuses import Refusal, Status
-from avn_node.store.files import InvalidUidError, checked_uid, durable_move, instance_path, sha256_of
-from avn_node.store.models import Event, Instance, InstanceState, Study, StudyState, utcnow
+from avn_node.store.files import InvalidUidError, LocalFileStore, checked_uid, instance_key, sha256_of
+from avn_node.store.models import Instance, InstanceState, Study, StudyState, utcnow
 
 log = logging.getLogger("avn_node.receive")
-
-
-def study_datetime(ds: Dataset) -> datetime | None:
-    """Study Date + Study Time as a datetime (read as UTC: only differences matter), or None."""
-    date = str(ds.get("StudyDate", "") or "")
-    time = str(ds.get("StudyTime", "") or "").split(".")[0].ljust(6, "0")[:6]
-    try:
-        return datetime.strptime(date + time, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 class Receiver:
@@ -46,15 +36,8 @@ class Receiver:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
         self.sessions = sessions
-
-    def routed(self, ds: Dataset) -> bool:
-        """Within ``[routing]``: a CR/DX image of an allowed modality and body part."""
-        routing = self.settings.routing
-        return (
-            str(ds.get("SOPClassUID", "")) in RADIOGRAPH_CLASSES
-            and str(ds.get("Modality", "")).upper() in {m.upper() for m in routing.modalities}
-            and str(ds.get("BodyPartExamined", "") or "").upper() in {b.upper() for b in routing.body_parts}
-        )
+        self.files = LocalFileStore(settings.node.data_dir)
+        self.kinds = analyzer_kinds(settings)
 
     def store(self, path: Path, calling_ae: str) -> Status | Refusal:
         """Store the Part 10 file at ``path`` (it is moved); the status to answer."""
@@ -78,7 +61,8 @@ class Receiver:
         except InvalidUidError as exc:
             return Refusal(Status.CANNOT_UNDERSTAND, str(exc))
         sha = sha256_of(path)
-        routed = self.routed(ds)
+        kind = selecting_kind(self.kinds, ds)
+        routed = kind is not None
         with self.sessions() as session:
             known = session.scalars(
                 select(Instance).where(Instance.sop_instance_uid == sop, Instance.state != InstanceState.PURGED)
@@ -88,8 +72,8 @@ class Receiver:
             return Status.SUCCESS
         if known:
             log.warning("instance %s from %s: same SOP Instance UID, different bytes; both kept", sop, calling_ae)
-        destination = instance_path(data_dir, study, series, sop, sha)
-        durable_move(path, destination)
+        key = instance_key(study, series, sop, sha)
+        self.files.put(path, key)
         row = Instance(
             sop_instance_uid=sop,
             sop_class_uid=sop_class,
@@ -97,7 +81,8 @@ class Receiver:
             series_instance_uid=series,
             modality=str(ds.get("Modality", ""))[:16],
             state=InstanceState.ACCEPTED if routed else InstanceState.IGNORED,
-            path=str(destination),
+            analyzer=kind.name if kind is not None else "",
+            file_key=key,
             sha256=sha,
             size_bytes=size,
             transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
@@ -109,6 +94,9 @@ class Receiver:
                     session.add(row)
                     if routed:
                         self._touch_study(session, ds, study)
+                    emit(session, NodeEvent(f"instance.{row.state}", sop, data={
+                        "study": study, "calling_ae_title": calling_ae, "bytes": size, "analyzer": row.analyzer,
+                    }))  # fmt: skip
                     session.commit()
                 break
             except IntegrityError:  # two associations created the same study at once: the row exists now
@@ -124,20 +112,30 @@ class Receiver:
         now = utcnow()
         study = session.scalars(select(Study).where(Study.study_instance_uid == uid)).one_or_none()
         if study is None:
+            patient, issuer = patient_of(ds)
             study = Study(
                 study_instance_uid=uid,
-                patient_id=str(ds.get("PatientID", ""))[:64],
-                issuer_of_patient_id=str(ds.get("IssuerOfPatientID", ""))[:64],
+                patient_id=patient,
+                issuer_of_patient_id=issuer,
                 study_datetime=study_datetime(ds),
                 first_received_at=now,
             )
             session.add(study)
-            session.add(Event(kind="study.receiving", subject=uid))
+            emit(session, NodeEvent("study.receiving", uid))
         elif study.state == StudyState.COMPLETE:
             study.state = StudyState.RECEIVING
             study.first_received_at = now
-            session.add(Event(kind="study.reopened", subject=uid, detail="new instance after completion"))
+            emit(session, NodeEvent("study.reopened", uid, "new instance after completion"))
         study.last_received_at = now
+
+    def _refused(self, event: evt.Event, refusal: Refusal) -> None:
+        """Record the refusal as an event (best effort: the refusal itself may be a database failure)."""
+        sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        data = {"status": int(refusal.status), "calling_ae_title": event.assoc.requestor.ae_title}
+        try:
+            emit_now(self.sessions, NodeEvent("instance.refused", sop, refusal.comment, data))
+        except Exception:  # noqa: BLE001 - the refusal is answered and logged either way
+            log.exception("could not record the refusal of %s", sop)
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
         """EVT_C_STORE: the one seam between the network and the store."""
@@ -150,6 +148,7 @@ class Receiver:
             outcome = Refusal(Status.PROCESSING_FAILURE, "the node could not record the instance")
         if isinstance(outcome, Refusal):
             log.warning("refused C-STORE from %s: 0x%04X %s", calling, outcome.status, outcome.comment)
+            self._refused(event, outcome)
             return outcome.dataset()
         return int(outcome)
 
@@ -159,64 +158,49 @@ def handle_echo(event: evt.Event) -> int:
     return int(Status.SUCCESS)
 
 
-def build_ae(settings: Settings) -> AE:
-    """The AE: every storage SOP class in every transfer syntax, Verification, limits from ``[security]``."""
-    security = settings.security
-    ae = AE(ae_title=settings.node.ae_title)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification)
-    ae.maximum_associations = security.max_associations
-    ae.maximum_pdu_size = security.max_pdu_bytes
-    ae.require_calling_aet = list(security.allowed_calling_aets)
-    if not security.allowed_calling_aets:
-        log.warning("security.allowed_calling_aets is empty: any calling AE title may store")
-    return ae
-
-
-# A-ASSOCIATE-RJ parameters (PS3.8 9.3.4)
-REJECTED_PERMANENT = 0x01
-SERVICE_USER = 0x01
-NO_REASON_GIVEN = 0x01
-
-
-def _peer(event: evt.Event) -> str:
-    return f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
-
-
-def _check_peer(settings: Settings, event: evt.Event) -> None:
-    """EVT_REQUESTED: pynetdicom has no IP allow-list, so reject associations from other addresses."""
-    allowed = settings.security.allowed_peer_ips
-    address = event.assoc.requestor.address
-    if allowed and address not in allowed:
-        log.warning("rejected association from %s: address not in security.allowed_peer_ips", _peer(event))
-        event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN)
-
-
-def _log_association(event: evt.Event) -> None:
-    """One log line per association event: accepted, rejected, released, aborted (AE titles, addresses)."""
+def _association_handlers(settings: Settings, sessions: sessionmaker[Session]) -> list:  # noqa: ANN001
+    """Association events: a log line each, and an event row when accepted or rejected (AE titles, address)."""
     what = {
         evt.EVT_ACCEPTED: "accepted",
         evt.EVT_REJECTED: "rejected (calling AE title not allowed, or no acceptable context)",
         evt.EVT_RELEASED: "released",
         evt.EVT_ABORTED: "aborted",
-    }[event.event]
-    level = logging.WARNING if event.event in (evt.EVT_REJECTED, evt.EVT_ABORTED) else logging.INFO
-    log.log(level, "association from %s %s", _peer(event), what)
+    }
+
+    def requested(event: evt.Event) -> None:
+        if reject_unlisted_address(settings.security, event):
+            _record(event, "association.rejected", "address not in security.allowed_peer_ips")
+
+    def _record(event: evt.Event, kind: str, reason: str = "") -> None:
+        requestor = event.assoc.requestor
+        data = {"calling_ae_title": requestor.ae_title, "address": requestor.address, "port": requestor.port}
+        try:
+            emit_now(sessions, NodeEvent(kind, peer(event), reason, data))
+        except Exception:  # noqa: BLE001 - an unrecorded association event never breaks the association
+            log.exception("could not record %s of %s", kind, peer(event))
+
+    def logged(event: evt.Event) -> None:
+        level = logging.WARNING if event.event in (evt.EVT_REJECTED, evt.EVT_ABORTED) else logging.INFO
+        log.log(level, "association from %s %s", peer(event), what[event.event])
+        if event.event == evt.EVT_ACCEPTED:
+            _record(event, "association.accepted")
+        elif event.event == evt.EVT_REJECTED:
+            _record(event, "association.rejected", what[event.event])
+
+    return [(evt.EVT_REQUESTED, requested), *((e, logged) for e in what)]
 
 
 def start_scp(settings: Settings, sessions: sessionmaker[Session]):  # noqa: ANN201 - pynetdicom's server type
-    """Start the SCP in the background; returns pynetdicom's server (``.shutdown()`` stops it)."""
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(settings.tmp_dir)  # pynetdicom's temp files: same filesystem as the store
-    _config.STORE_RECV_CHUNKED_DATASET = True
+    """Start the SCP in the background; returns pynetdicom's server (``.shutdown()`` stops it).
+
+    The process must have been set up by :func:`avn_node.association.configure_process`.
+    """
     receiver = Receiver(settings, sessions)
     handlers = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_REQUESTED, lambda event: _check_peer(settings, event)),
-        *((e, _log_association) for e in (evt.EVT_ACCEPTED, evt.EVT_REJECTED, evt.EVT_RELEASED, evt.EVT_ABORTED)),
+        *_association_handlers(settings, sessions),
     ]
-    ae = build_ae(settings)
+    ae = scp_ae(settings.node.ae_title, settings.security)
     log.info("listening as %s on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)
     return ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers)

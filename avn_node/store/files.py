@@ -1,4 +1,7 @@
-"""The durable file store under ``data_dir``: UID-validated paths, fsync before rename, fsync of the folder."""
+"""The file store: files by *key*, a POSIX path relative to ``data_dir`` built from checked UIDs, so a row means
+the same file whatever the working directory of the process reading it. The local implementation writes
+durably: fsync before rename, fsync of the folder.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
 
 UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -81,11 +85,63 @@ def durable_write(data: bytes, destination: Path) -> None:
     durable_move(tmp, destination)
 
 
-def instance_path(data_dir: Path, study: str, series: str, sop: str, sha256: str) -> Path:
-    """``data_dir/instances/<study>/<series>/<sop>.<sha8>.dcm``; all UIDs already checked."""
-    return data_dir / "instances" / study / series / f"{sop}.{sha256[:8]}.dcm"
+def instance_key(study: str, series: str, sop: str, sha256: str) -> str:
+    """``instances/<study>/<series>/<sop>.<sha8>.dcm``; all UIDs already checked."""
+    return f"instances/{study}/{series}/{sop}.{sha256[:8]}.dcm"
 
 
-def result_path(data_dir: Path, study: str, kind: str, sop: str) -> Path:
-    """``data_dir/results/<study>/<kind>-<sop>.dcm``."""
-    return data_dir / "results" / study / f"{kind}-{sop}.dcm"
+def result_key(study: str, kind: str, sop: str) -> str:
+    """``results/<study>/<kind>-<sop>.dcm``."""
+    return f"results/{study}/{kind}-{sop}.dcm"
+
+
+class FileStore(Protocol):
+    """Where instances and results live, by key (see :func:`instance_key`, :func:`result_key`)."""
+
+    def put(self, source: Path, key: str) -> None:
+        """Move the local file ``source`` under ``key`` durably (it is gone from ``source`` afterwards)."""
+
+    def write(self, data: bytes, key: str) -> None:
+        """Store ``data`` under ``key`` durably."""
+
+    def open(self, key: str) -> BinaryIO:
+        """The file under ``key``, for reading."""
+
+    def delete(self, key: str) -> bool:
+        """Remove the file under ``key``; True when it is gone afterwards (also when it was never there)."""
+
+    def exists(self, key: str) -> bool: ...
+
+
+class LocalFileStore:
+    """:class:`FileStore` on a local folder (``data_dir``) that also holds the temp files, so moves are renames."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()
+
+    def local_path(self, key: str) -> Path:
+        """The file of ``key`` on this machine; a key that could leave the root is refused."""
+        relative = PurePosixPath(key)
+        if not key or relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"not a file-store key: {key!r}")
+        return self.root / relative
+
+    def put(self, source: Path, key: str) -> None:
+        durable_move(source, self.local_path(key))
+
+    def write(self, data: bytes, key: str) -> None:
+        durable_write(data, self.local_path(key))
+
+    def open(self, key: str) -> BinaryIO:
+        return self.local_path(key).open("rb")
+
+    def delete(self, key: str) -> bool:
+        path = self.local_path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            return False
+        return not path.exists()
+
+    def exists(self, key: str) -> bool:
+        return self.local_path(key).is_file()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -74,7 +74,8 @@ class Instance(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(16), default="")
     state: Mapped[str] = mapped_column(String(16))
-    path: Mapped[str] = mapped_column(Text)
+    analyzer: Mapped[str] = mapped_column(String(32), default="")  # the analyzer that selected it; "" if none
+    file_key: Mapped[str] = mapped_column(Text)  # relative to data_dir (store.files)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
@@ -116,13 +117,19 @@ class Case(Base):
 
 
 class Job(Base):
+    """One analysis of a case version; claimed with compare-and-set, held by ``worker_id`` until ``lease_until``
+    (renewed while it runs)."""
+
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("case_id", "version", name="uq_jobs_case_version"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
+    analyzer: Mapped[str] = mapped_column(String(32), default="radiograph")
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str] = mapped_column(String(128), default="")
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -140,13 +147,16 @@ class Result(Base):
     kind: Mapped[str] = mapped_column(String(16))  # sr | cam | summary
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(Text)
+    file_key: Mapped[str] = mapped_column(Text)  # relative to data_dir (store.files)
     purged: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Delivery(Base):
+    """One result to one destination; ``next_attempt_at`` doubles as the lease of the dispatcher sending it."""
+
     __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("result_id", "destination", name="uq_deliveries_result_destination"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
@@ -171,3 +181,4 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the event's fields, numbers as numbers

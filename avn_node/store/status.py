@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -16,8 +17,8 @@ def _counts(session: Session, column: Any) -> dict[str, int]:
     return {str(state): int(n) for state, n in session.execute(select(column, func.count()).group_by(column))}
 
 
-def node_status(session: Session) -> dict[str, Any]:
-    """A JSON-ready summary of the database."""
+def node_status(session: Session, data_dir: Path) -> dict[str, Any]:
+    """A JSON-ready summary of the database; result paths as files under ``data_dir``."""
     failures = [
         f"job {j.id} case {j.case_id} v{j.version} ({j.state}, attempt {j.attempts}): {j.error}"
         for j in session.scalars(select(Job).where(Job.error != "").order_by(Job.id.desc()).limit(RECENT))
@@ -31,7 +32,7 @@ def node_status(session: Session) -> dict[str, Any]:
     ]  # fmt: skip
     results = [
         {"id": r.id, "case": r.case_id, "version": r.version, "kind": r.kind, "study": r.study_instance_uid,
-         "sop_instance_uid": r.sop_instance_uid, "path": r.path}
+         "sop_instance_uid": r.sop_instance_uid, "path": str(data_dir / r.file_key)}
         for r in session.scalars(select(Result).order_by(Result.id.desc()).limit(RECENT))
     ]  # fmt: skip
     return {

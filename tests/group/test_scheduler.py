@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.config import PipelineSettings
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
@@ -30,7 +30,7 @@ def _study(session: Session, uid: str, patient: str = "P1", taken: datetime = T0
     session.add(study)
     session.add(Instance(sop_instance_uid=f"{uid}.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
                          study_instance_uid=uid, series_instance_uid=f"{uid}.9", state=InstanceState.ACCEPTED,
-                         path="x", sha256="0" * 64, size_bytes=1))  # fmt: skip
+                         analyzer="radiograph", file_key="x", sha256="0" * 64, size_bytes=1))  # fmt: skip
     session.flush()
     return study
 
@@ -88,15 +88,17 @@ def test_group_never_fuses_studies_without_patient_id(session: Session):
 
 
 def test_group_does_not_requeue_a_failed_case_without_new_images(session: Session):
-    from avn_node.analyse.worker import MAX_ATTEMPTS, claim_job
+    from avn_node.analyse.queue import MAX_ATTEMPTS, JobQueue
 
     _study(session, "2.3")
     close_stable_studies(session, PIPELINE, T0 + timedelta(minutes=1))
     schedule_cases(session, PIPELINE)
     job = session.scalars(select(Job)).one()
+    assert job.analyzer == "radiograph"
     job.attempts = MAX_ATTEMPTS  # it crashed the process every time
     session.commit()
-    assert claim_job(session, 600) is None
+    assert JobQueue(sessionmaker(session.get_bind()), "w1", 600).claim() is None
+    session.refresh(job)
     assert job.state == "failed"
     assert schedule_cases(session, PIPELINE) == []
 

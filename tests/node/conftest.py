@@ -56,7 +56,9 @@ class Node:
 
     root: Path
     port: int = field(default_factory=free_port)
-    idle_seconds: float = 1.0
+    # Silence before a study counts as complete: long enough that storescu's next file, on two cores shared
+    # with a training test, arrives first (at 1 s a study was analysed twice, with one image and then both).
+    idle_seconds: float = 4.0
     destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
     extra: str = ""
     process: subprocess.Popen | None = None

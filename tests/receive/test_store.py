@@ -37,8 +37,10 @@ def test_store_moves_file_into_store_and_commits_row_before_success(receiver: Re
     assert not incoming.exists()
     with receiver.sessions() as s:
         (row,) = s.scalars(select(Instance)).all()
-        assert Path(row.path).read_bytes() == source.read_bytes()
-        assert row.state == InstanceState.ACCEPTED and row.calling_ae_title == "MODALITY"
+        assert (receiver.settings.node.data_dir / row.file_key).read_bytes() == source.read_bytes()
+        assert not Path(row.file_key).is_absolute() and row.file_key.startswith("instances/")
+        assert row.state == InstanceState.ACCEPTED and row.analyzer == "radiograph"
+        assert row.calling_ae_title == "MODALITY"
         assert s.scalars(select(Study)).one().study_instance_uid == row.study_instance_uid
 
 
@@ -52,18 +54,22 @@ def test_store_is_idempotent_for_identical_duplicate_and_keeps_both_when_bytes_d
     assert receiver.store(receiver.settings.tmp_dir / "changed.dcm", "A") == Status.SUCCESS
     with receiver.sessions() as s:
         rows = s.scalars(select(Instance)).all()
-    assert len(rows) == 2 and len({r.path for r in rows}) == 2 and len({r.sop_instance_uid for r in rows}) == 1
+    assert len(rows) == 2 and len({r.file_key for r in rows}) == 2 and len({r.sop_instance_uid for r in rows}) == 1
+
+
+def _with_security(settings: Settings, **values: float) -> Settings:
+    return settings.model_copy(update={"security": settings.security.model_copy(update=values)})
 
 
 def test_store_answers_out_of_resources_below_watermark(receiver: Receiver, phantom_set: Path):
-    receiver.settings.security.min_free_disk_mb = 1e12
+    receiver.settings = _with_security(receiver.settings, min_free_disk_mb=1e12)
     outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
     assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
     assert "min_free_disk_mb" in outcome.comment
 
 
 def test_store_answers_out_of_resources_over_max_dataset_mb(receiver: Receiver, phantom_set: Path):
-    receiver.settings.security.max_dataset_mb = 0.001
+    receiver.settings = _with_security(receiver.settings, max_dataset_mb=0.001)
     outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
     assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
     assert "max_dataset_mb" in outcome.comment
@@ -91,7 +97,7 @@ def test_store_accepts_again_an_instance_whose_file_was_purged(receiver: Receive
     assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS
     with receiver.sessions() as s:
         row = s.scalars(select(Instance)).one()
-        Path(row.path).unlink()
+        receiver.files.delete(row.file_key)
         row.state = InstanceState.PURGED
         s.commit()
     assert receiver.store(_incoming(receiver, source), "A") == Status.SUCCESS

@@ -1,0 +1,43 @@
+"""The radiograph analyzer (CR/DX hips): the AVN-net inference engine and the hip report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydicom.dataset import Dataset
+
+from avn_node.config import Settings
+from avn_node.findings import CaseFinding
+from avn_node.report.results import ResultSet, build_result_sets
+
+
+class RadiographAnalyzer:
+    """:class:`avn_node.analyse.analyzers.Analyzer` for hip radiographs; loads the configured weights."""
+
+    name = "radiograph"
+
+    def __init__(self, settings: Settings) -> None:
+        from avn_node.models.inference import Analyzer as Engine
+
+        models = settings.models
+        self.engine = Engine(models.dir, threads=models.threads, device=models.device,
+                             refuse_out_of_distribution=models.refuse_out_of_distribution)  # fmt: skip
+        self.summary_image = settings.reporting.summary_image
+        self.info = self.engine.info
+        self.version = self.info.version
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return dict(self.engine.timings)
+
+    def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
+        return self.engine.analyse_case(list(sources))
+
+    def report(
+        self,
+        finding: CaseFinding,
+        sources: Mapping[str, Dataset],
+        case_version: int,
+        predecessors: Mapping[str, Sequence[Dataset]],
+    ) -> list[ResultSet]:
+        return build_result_sets(finding, sources, case_version, predecessors, self.summary_image)

@@ -1,0 +1,103 @@
+"""The worker over the analyzer port: what a version covered, failures re-queued, results recorded once."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
+from avn_node.analyse.queue import JobQueue
+from avn_node.analyse.worker import Worker
+from avn_node.config import Settings
+from avn_node.group.scheduler import close_stable_studies, schedule_cases
+from avn_node.receive.scp import Receiver
+from avn_node.receive.statuses import Status
+from avn_node.report.results import ResultSet
+from avn_node.store.database import open_database
+from avn_node.store.models import Event, Job, JobState, utcnow
+
+
+class FakeAnalyzer:
+    """An :class:`~avn_node.analyse.analyzers.Analyzer` that runs ``during`` while it "reads" the case."""
+
+    name = "radiograph"
+    version = "fake-1"
+
+    def __init__(self, during: Callable[[], None] = lambda: None) -> None:
+        self.during, self.timings, self.seen = during, {"read": 0.0}, []
+
+    def analyse(self, sources: Sequence[Dataset]) -> object:
+        self.seen.append(sorted(str(ds.SOPInstanceUID) for ds in sources))
+        self.during()
+        return object()
+
+    def report(self, finding: object, sources: Mapping[str, Dataset], case_version: int,
+               predecessors: Mapping[str, Sequence[Dataset]]) -> list[ResultSet]:  # fmt: skip
+        return []
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+                        security={"min_free_disk_mb": 1})  # fmt: skip
+    settings.tmp_dir.mkdir(parents=True)
+    return Receiver(settings, open_database(settings.database.url))
+
+
+def _receive(receiver: Receiver, source: Path, new_sop: bool = False) -> None:
+    incoming = receiver.settings.tmp_dir / "in.dcm"
+    shutil.copyfile(source, incoming)
+    if new_sop:
+        ds = pydicom.dcmread(incoming)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(incoming, enforce_file_format=True)
+    assert receiver.store(incoming, "MODALITY") == Status.SUCCESS
+
+
+def _schedule(receiver: Receiver) -> list[int]:
+    with receiver.sessions() as session:
+        close_stable_studies(session, receiver.settings.pipeline, utcnow() + timedelta(hours=1))
+        queued = schedule_cases(session, receiver.settings.pipeline)
+        session.commit()
+    return queued
+
+
+def _worker(receiver: Receiver, analyzer: FakeAnalyzer) -> Worker:
+    queue = JobQueue(receiver.sessions, "w", 600)
+    return Worker(receiver.settings, receiver.sessions, {"radiograph": analyzer}, queue, receiver.files)
+
+
+def test_an_image_arriving_while_its_case_is_analysed_queues_another_version(receiver: Receiver, phantom_set: Path):
+    source = sorted(phantom_set.rglob("AP.dcm"))[0]
+    _receive(receiver, source)
+    assert len(_schedule(receiver)) == 1
+    analyzer = FakeAnalyzer(during=lambda: _receive(receiver, source, new_sop=True))
+    assert _worker(receiver, analyzer).run_next()
+    assert len(analyzer.seen[0]) == 1
+    assert len(_schedule(receiver)) == 1  # version 2, for the image version 1 did not read
+    assert _worker(receiver, FakeAnalyzer()).run_next()
+    with receiver.sessions() as s:
+        assert [(j.version, j.state) for j in s.scalars(select(Job).order_by(Job.id))] == [(1, "done"), (2, "done")]
+        done = s.scalars(select(Event).where(Event.kind == "job.done")).all()
+        assert [e.data["version"] for e in done] == [1, 2] and "read" in done[0].data["timings"]
+    assert _schedule(receiver) == []
+
+
+def test_a_failing_analysis_is_requeued_with_its_error(receiver: Receiver, phantom_set: Path):
+    _receive(receiver, sorted(phantom_set.rglob("AP.dcm"))[0])
+    _schedule(receiver)
+
+    def boom() -> None:
+        raise RuntimeError("decoder exploded")
+
+    assert _worker(receiver, FakeAnalyzer(during=boom)).run_next()
+    with receiver.sessions() as s:
+        job = s.scalars(select(Job)).one()
+        assert job.state == JobState.QUEUED and job.error == "RuntimeError: decoder exploded" and job.attempts == 1
