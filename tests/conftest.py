@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from avn_node.config import Settings
 from avn_node.phantom.generate import PhantomOptions, generate
+from avn_node.receive.scp import Receiver
+from avn_node.store.database import open_database
 
 ALL_SYNTAXES = {"explicit": 1.0, "j2k": 1.0, "jpegls": 1.0, "jpeg-lossless": 1.0, "rle": 1.0}
 PHANTOM_SET_OPTIONS = PhantomOptions(studies=12, seed=12, syntax_mix=ALL_SYNTAXES, size_range=(600, 800))
@@ -121,6 +124,15 @@ def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
     generate(PHANTOM_SET_OPTIONS, out, workers=2)
     return out
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    """The C-STORE handler's store step over a fresh database and data folder under ``tmp_path``."""
+    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+                        security={"min_free_disk_mb": 1})  # fmt: skip
+    settings.tmp_dir.mkdir(parents=True)
+    return Receiver(settings, open_database(settings.database.url))
 
 
 def dciodvfy_errors(path: Path) -> list[str]:

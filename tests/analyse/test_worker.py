@@ -8,19 +8,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
-from avn_node.config import Settings
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Status
 from avn_node.report.results import ResultSet
-from avn_node.store.database import open_database
 from avn_node.store.models import Event, Job, JobState, utcnow
 
 
@@ -41,14 +38,6 @@ class FakeAnalyzer:
     def report(self, finding: object, sources: Mapping[str, Dataset], case_version: int,
                predecessors: Mapping[str, Sequence[Dataset]]) -> list[ResultSet]:  # fmt: skip
         return []
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Receiver:
-    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
-                        security={"min_free_disk_mb": 1})  # fmt: skip
-    settings.tmp_dir.mkdir(parents=True)
-    return Receiver(settings, open_database(settings.database.url))
 
 
 def _receive(receiver: Receiver, source: Path, new_sop: bool = False) -> None:

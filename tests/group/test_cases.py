@@ -11,12 +11,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from avn_node.analyse.analyzers import analyzer_kinds
-from avn_node.config import Settings
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.offline import group_files
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Status
-from avn_node.store.database import open_database
 from avn_node.store.models import Study, utcnow
 
 # (label, Patient ID, Study Date, Study Time, Body Part Examined)
@@ -44,18 +42,17 @@ def _write_studies(source: Path, folder: Path) -> dict[str, str]:
     return labels
 
 
-def test_analyze_and_serve_group_the_same_files_into_the_same_cases(tmp_path: Path, phantom_set: Path):
+def test_analyze_and_serve_group_the_same_files_into_the_same_cases(
+    tmp_path: Path, phantom_set: Path, receiver: Receiver
+):
     files = tmp_path / "files"
     files.mkdir()
     labels = _write_studies(sorted(phantom_set.rglob("AP.dcm"))[0], files)
-    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
-                        security={"min_free_disk_mb": 1})  # fmt: skip
+    settings = receiver.settings
 
     cases, skipped = group_files([files], analyzer_kinds(settings), timedelta(hours=24))
     offline = {frozenset(labels[s] for s in case.studies) for case in cases}
 
-    settings.tmp_dir.mkdir(parents=True)
-    receiver = Receiver(settings, open_database(settings.database.url))
     for path in sorted(files.iterdir()):
         incoming = settings.tmp_dir / path.name
         shutil.copyfile(path, incoming)

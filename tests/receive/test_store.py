@@ -6,22 +6,12 @@ import shutil
 from pathlib import Path
 
 import pydicom
-import pytest
 from sqlalchemy import select
 
 from avn_node.config import Settings
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Refusal, Status
-from avn_node.store.database import open_database
 from avn_node.store.models import Instance, InstanceState, Study
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Receiver:
-    settings = Settings(node={"data_dir": tmp_path / "var"}, database={"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
-                        security={"min_free_disk_mb": 1})  # fmt: skip
-    settings.tmp_dir.mkdir(parents=True)
-    return Receiver(settings, open_database(settings.database.url))
 
 
 def _incoming(receiver: Receiver, source: Path, name: str = "in.dcm") -> Path:
