@@ -18,16 +18,18 @@ from avn_node.analyse.worker import Worker
 from avn_node.association import configure_process
 from avn_node.config import Settings
 from avn_node.dispatch.sender import Dispatcher
+from avn_node.events import NodeEvent, subscribe
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import start_scp
 from avn_node.store.database import open_database
-from avn_node.store.files import LocalFileStore
+from avn_node.store.files import LocalFileStore, remove_stale_temp_files
 from avn_node.store.models import utcnow
 from avn_node.store.retention import purge_older_than
 
 log = logging.getLogger("avn_node.serve")
 TICK_SECONDS = 0.5
 RETENTION_SWEEP_SECONDS = 24 * 3600
+STALE_TEMP_SECONDS = 600  # a temp file unwritten this long belongs to no receive still running (any node)
 
 
 def worker_id(settings: Settings) -> str:
@@ -43,6 +45,15 @@ class Node:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.server = None
+        # Loops poll every tick; a committed event that means work for a loop wakes it at once.
+        self.wake_worker, self.wake_dispatch = threading.Event(), threading.Event()
+        self.unsubscribe = subscribe(self._wake)
+
+    def _wake(self, event: NodeEvent) -> None:
+        if event.kind in ("case.queued", "job.retry"):
+            self.wake_worker.set()
+        elif event.kind in ("job.done", "delivery.retry"):
+            self.wake_dispatch.set()
 
     def start(self) -> None:
         """Migrate, load the analyzers, reclaim this node's interrupted jobs, then receive, schedule, analyse and
@@ -50,6 +61,8 @@ class Node:
         settings = self.settings
         settings.node.data_dir.mkdir(parents=True, exist_ok=True)
         configure_process(settings.tmp_dir)
+        if stale := remove_stale_temp_files(settings.tmp_dir, STALE_TEMP_SECONDS):
+            log.info("removed %d temp files of receives cut short before this start", stale)
         self.sessions = open_database(settings.database.url)
         self.files = LocalFileStore(settings.node.data_dir)
         self.queue = JobQueue(self.sessions, worker_id(settings), settings.queue.lease_seconds)
@@ -64,10 +77,12 @@ class Node:
         self._spawn("schedule", self._schedule)
         if analyzers:
             worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
-            self._spawn("analyse", lambda: self._loop(worker.run_next, "analysis"))
+            self._spawn("analyse", lambda: self._loop(worker.run_next, "analysis", self.wake_worker))
         for destination in settings.destinations:
             dispatcher = Dispatcher(settings, self.sessions, self.files, destination)
-            self._spawn(f"dispatch-{destination.name}", lambda d=dispatcher: d.loop(self.stopping, TICK_SECONDS))
+            self._spawn(f"dispatch-{destination.name}",
+                        lambda d=dispatcher: self._loop(d.run_once, f"dispatch to {d.destination.name}",
+                                                        self.wake_dispatch))  # fmt: skip
 
     def stop(self) -> None:
         """No new associations; the running job and sends finish; then every thread has ended."""
@@ -77,6 +92,7 @@ class Node:
         self.stopping.set()
         for thread in self.threads:
             thread.join()
+        self.unsubscribe()
         log.info("stopped")
 
     def _spawn(self, name: str, target) -> None:  # noqa: ANN001
@@ -84,15 +100,18 @@ class Node:
         thread.start()
         self.threads.append(thread)
 
-    def _loop(self, step, what: str) -> None:  # noqa: ANN001
-        """Call ``step`` until stopping; right away again when it did work, else after a tick."""
+    def _loop(self, step, what: str, wake: threading.Event | None = None) -> None:  # noqa: ANN001
+        """Call ``step`` until stopping; right away again when it did work, else after a tick or a wake-up."""
         while not self.stopping.is_set():
             try:
                 if step():
                     continue
             except Exception:  # noqa: BLE001 - the database holds the work; the next tick tries again
                 log.exception("%s failed; retrying", what)
-            self.stopping.wait(TICK_SECONDS)
+            if wake is None:
+                self.stopping.wait(TICK_SECONDS)
+            elif wake.wait(TICK_SECONDS):
+                wake.clear()
 
     def _schedule(self) -> None:
         next_sweep = time.monotonic()

@@ -7,6 +7,7 @@ builds the analyzer itself once per process.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -17,6 +18,9 @@ from avn_node.config import RoutingSettings, Settings
 from avn_node.findings import CaseFinding
 from avn_node.receive import RADIOGRAPH_CLASSES
 from avn_node.report.results import ResultSet
+
+log = logging.getLogger("avn_node.analyse")
+CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
 
 class Analyzer(Protocol):
@@ -49,11 +53,23 @@ class AnalyzerKind:
     load: Callable[[], Analyzer]
 
 
+def radiograph_modality(ds: Dataset) -> str:
+    """Modality, or when it is missing the one the SOP class implies (CR or DX); "" for other classes."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality or sop_class not in RADIOGRAPH_CLASSES:
+        return modality
+    implied = "CR" if sop_class == CR_CLASS else "DX"
+    log.info("%s has no Modality: routed as %s by its SOP class", ds.get("SOPInstanceUID", "?"), implied)
+    return implied
+
+
 def routed_radiograph(ds: Dataset, routing: RoutingSettings) -> bool:
-    """Within ``[routing]``: a CR/DX image of an allowed modality and body part."""
+    """Within ``[routing]``: a CR/DX image of an allowed modality (see :func:`radiograph_modality`) and body
+    part."""
     return (
         str(ds.get("SOPClassUID", "")) in RADIOGRAPH_CLASSES
-        and str(ds.get("Modality", "")).upper() in {m.upper() for m in routing.modalities}
+        and radiograph_modality(ds) in {m.upper() for m in routing.modalities}
         and str(ds.get("BodyPartExamined", "") or "").upper() in {b.upper() for b in routing.body_parts}
     )
 

@@ -7,7 +7,6 @@ since the delivery was created it is dead-lettered (``avn-node deliveries retry`
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -86,7 +85,8 @@ def send_files(
 
 
 class Dispatcher:
-    """The deliveries to one destination, in a loop of their own: a hung archive stalls only itself.
+    """The deliveries to one destination, in a loop of their own (:class:`avn_node.serve.Node`): a hung archive
+    stalls only itself.
 
     Each round claims up to :data:`BATCH` due deliveries with compare-and-set (pushing their next attempt past
     the time the send may take, which is the claim's lease), sends them over one association with no session
@@ -170,16 +170,6 @@ class Dispatcher:
                                 delivery.next_attempt_at.isoformat())  # fmt: skip
             session.commit()
         return sent
-
-    def loop(self, stop: threading.Event, idle_seconds: float = 0.5) -> None:
-        """Run rounds until ``stop`` is set; an error is logged and the round tried again."""
-        while not stop.is_set():
-            try:
-                if self.run_once():
-                    continue
-            except Exception:  # noqa: BLE001 - the database holds the work; the next round tries again
-                log.exception("dispatch to %s failed; retrying", self.destination.name)
-            stop.wait(idle_seconds)
 
 
 def retry_deliveries(session: Session, ids: list[int] | None) -> int:

@@ -70,6 +70,30 @@ def _case_for(session: Session, study: Study, window: timedelta) -> Case:
     return case
 
 
+def _busy(session: Session, case_id: int) -> bool:
+    """Whether the case has a job queued or running."""
+    return bool(
+        session.scalar(
+            select(func.count(Job.id)).where(Job.case_id == case_id, Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+        )
+    )
+
+
+def _unanalysed(session: Session, study: Study) -> bool:
+    """Read again now: does the study have accepted images its case's last version did not cover?
+
+    A worker marks its job done and the images it covered in one commit, so once :func:`_busy` saw the job
+    done, this sees what it covered.
+    """
+    session.refresh(study)
+    accepted = session.scalar(
+        select(func.count(func.distinct(Instance.sop_instance_uid))).where(
+            Instance.study_instance_uid == study.study_instance_uid, Instance.state == InstanceState.ACCEPTED
+        )
+    )
+    return study.analysed_instances < (accepted or 0)
+
+
 def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
     """Put complete studies with unanalysed images into cases and queue one job per case version."""
     accepted = (
@@ -96,11 +120,11 @@ def schedule_cases(session: Session, pipeline: PipelineSettings) -> list[int]:
             session.flush()
         case = study.case
         assert case is not None
-        busy = session.scalar(
-            select(func.count(Job.id)).where(Job.case_id == case.id, Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
-        )
-        if busy:
+        if _busy(session, case.id):
             continue  # the next version follows once this one is done
+        if not _unanalysed(session, study):
+            continue  # the job that just finished covered these images (it committed after the query above)
+        session.refresh(case)
         case.version += 1
         case.state = CaseState.PENDING
         session.add(Job(case_id=case.id, version=case.version, analyzer=analyzer))
@@ -125,11 +149,7 @@ def reanalyse_studies(session: Session, study_uids: list[str]) -> dict[str, tupl
             outcome[uid] = (False, "unknown study")
         elif study.case is None:
             outcome[uid] = (False, "not analysed yet: it is queued when complete")
-        elif session.scalar(
-            select(func.count(Job.id)).where(
-                Job.case_id == study.case_id, Job.state.in_([JobState.QUEUED, JobState.RUNNING])
-            )
-        ):
+        elif _busy(session, study.case_id):
             outcome[uid] = (False, f"case {study.case_id} already has a job queued or running")
         else:
             case = study.case

@@ -45,10 +45,12 @@ class Receiver:
         data_dir = self.settings.node.data_dir
         free_mb = shutil.disk_usage(data_dir).free / 2**20
         if free_mb < security.min_free_disk_mb:
-            return Refusal(Status.OUT_OF_RESOURCES, f"free disk {free_mb:.0f} MB below min_free_disk_mb")
+            limit = security.min_free_disk_mb
+            return Refusal(Status.OUT_OF_RESOURCES, f"free disk {free_mb:.0f} MB below min_free_disk_mb {limit:g}")
         size = path.stat().st_size
         if size > security.max_dataset_mb * 2**20:
-            return Refusal(Status.OUT_OF_RESOURCES, f"dataset of {size / 2**20:.0f} MB over max_dataset_mb")
+            limit = security.max_dataset_mb
+            return Refusal(Status.OUT_OF_RESOURCES, f"dataset of {size / 2**20:.0f} MB over max_dataset_mb {limit:g}")
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure is the peer's data
@@ -103,7 +105,11 @@ class Receiver:
                 if attempt == 2:
                     raise
                 row = Instance(**{c.key: getattr(row, c.key) for c in Instance.__table__.columns if c.key != "id"})
-        log.info("stored %s of study %s from %s (%s)", sop, study, calling_ae, "accepted" if routed else "ignored")
+        outcome = f"accepted for the {kind.name} analyzer" if kind is not None else (
+            f"ignored: no analyzer selects SOP class {sop_class}, modality {ds.get('Modality', '')!r}, "
+            f"body part {ds.get('BodyPartExamined', '')!r} (see [routing])"
+        )  # fmt: skip
+        log.info("stored %s of study %s from %s (%s)", sop, study, calling_ae, outcome)
         return Status.SUCCESS
 
     @staticmethod

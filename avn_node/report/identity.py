@@ -1,11 +1,15 @@
-"""Who made a result: the node as a device, the model as an algorithm (PS3.16 TID 1002, TID 4019)."""
+"""Who made a result: the node as a device, the model as an algorithm (PS3.16 TID 1002, TID 4019); and the
+character set its copied patient and study text is written in."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from highdicom import ContributingEquipment
 from highdicom.sr import AlgorithmIdentification, DeviceObserverIdentifyingAttributes, ObserverContext
+from highdicom.valuerep import _check_specific_character_set
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from avn_node import __version__
@@ -13,6 +17,9 @@ from avn_node.findings import ModelInfo
 from avn_node.report.codes import ARTIFICIAL_INTELLIGENCE, PROCESSING_EQUIPMENT
 from avn_node.report.uids import derived_uid
 
+log = logging.getLogger("avn_node.report")
+
+UTF8 = "ISO_IR 192"
 MANUFACTURER = "avn-node project"
 DEVICE_NAME = "avn-node"
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -81,3 +88,27 @@ class Producer:
             device_serial_number=self.weights_sha256[:16],
             contribution_description=f"{self.model_name} {self.model_version}: femoral head detection, Ficat staging",
         )
+
+
+def with_writable_character_set(source: Dataset) -> Dataset:
+    """``source``, or a shallow copy whose Specific Character Set (PS3.3 C.12.1.1.2) results can be written in.
+
+    The source's own set when highdicom writes it; otherwise its text is decoded as declared and the copy says
+    UTF-8, which holds any text: an ISO 2022 code extension given alone, an empty first value, a set pydicom
+    does not know (decoded with the default repertoire, as the log says).
+    """
+    declared = source.get("SpecificCharacterSet")
+    if declared is None:
+        return source
+    value = declared if isinstance(declared, str) else list(declared)
+    try:
+        _check_specific_character_set(value)  # highdicom's own check of what it will write
+        return source
+    except ValueError as exc:
+        log.warning("Specific Character Set %r of %s cannot be written (%s): results are written in UTF-8",
+                    value, source.get("SOPInstanceUID", "?"), exc)  # fmt: skip
+    source.decode()
+    copy = Dataset(source)
+    copy.file_meta = source.file_meta
+    copy.SpecificCharacterSet = UTF8
+    return copy

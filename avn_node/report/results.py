@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 
 from avn_node.findings import CaseFinding
 from avn_node.report.capture import build_capture
-from avn_node.report.identity import Producer
+from avn_node.report.identity import Producer, with_writable_character_set
 from avn_node.report.sr import build_sr
 from avn_node.report.summary import build_summary
 
@@ -41,6 +41,7 @@ def build_result_sets(
     ``previous`` maps a study to the SRs the new version replaces.
     """
     producer = Producer.from_model(case.model)
+    sources = {uid: with_writable_character_set(ds) for uid, ds in sources.items()}
     studies: list[str] = []
     for r in case.radiographs:
         study = str(sources[r.sop_instance_uid].StudyInstanceUID)

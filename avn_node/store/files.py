@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
@@ -83,6 +84,21 @@ def durable_write(data: bytes, destination: Path) -> None:
     tmp = destination.with_name(f".{destination.name}.tmp")
     tmp.write_bytes(data)
     durable_move(tmp, destination)
+
+
+def remove_stale_temp_files(folder: Path, older_than_seconds: float) -> int:
+    """Delete files in ``folder`` untouched for ``older_than_seconds`` (receives a crash or a full disk cut
+    short: never acknowledged, so nothing is lost); returns how many."""
+    cutoff = time.time() - older_than_seconds
+    removed = 0
+    for path in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another node's receive finished meanwhile
+            continue
+    return removed
 
 
 def instance_key(study: str, series: str, sop: str, sha256: str) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from avn_node.config import PipelineSettings
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.store.database import open_database
-from avn_node.store.models import Instance, InstanceState, Job, Study, StudyState
+from avn_node.store.models import Case, Instance, InstanceState, Job, Study, StudyState
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 PIPELINE = PipelineSettings(study_idle_seconds=20, study_force_seconds=600, case_window_hours=24)
@@ -117,3 +117,31 @@ def test_reanalyse_queues_a_new_version_of_an_analysed_case_and_refuses_unknown_
     assert outcome["1.9"] == (True, f"case {study.case_id} version 2 queued")
     assert outcome["9.9"] == (False, "unknown study")
     assert [j.version for j in session.scalars(select(Job).order_by(Job.id))] == [1, 2]
+
+
+def test_a_job_finishing_while_the_scheduler_looks_queues_no_second_version(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+):
+    import avn_node.group.scheduler as scheduler
+    from avn_node.analyse.queue import JobQueue, mark_analysed
+
+    _study(session, "3.1")
+    close_stable_studies(session, PIPELINE, T0 + timedelta(minutes=1))
+    schedule_cases(session, PIPELINE)
+    session.commit()
+    sessions = sessionmaker(session.get_bind())
+    queue = JobQueue(sessions, "w", 600)
+    job = queue.claim()
+    real_busy = scheduler._busy
+
+    def worker_commits_first(s: Session, case_id: int) -> bool:
+        # the scheduler has already read "study 3.1 has 1 image, 0 analysed"; now the worker finishes
+        with sessions() as worker:
+            assert queue.finish(worker, job.id, 1.0)
+            mark_analysed(worker, worker.get(Case, job.case_id))
+            worker.commit()
+        return real_busy(s, case_id)
+
+    monkeypatch.setattr(scheduler, "_busy", worker_commits_first)
+    assert schedule_cases(session, PIPELINE) == []
+    assert [j.version for j in session.scalars(select(Job))] == [1]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from avn_node.config import Settings
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Refusal, Status
+from avn_node.store.files import remove_stale_temp_files
 from avn_node.store.models import Instance, InstanceState, Study
 
 
@@ -55,14 +59,14 @@ def test_store_answers_out_of_resources_below_watermark(receiver: Receiver, phan
     receiver.settings = _with_security(receiver.settings, min_free_disk_mb=1e12)
     outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
     assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
-    assert "min_free_disk_mb" in outcome.comment
+    assert "below min_free_disk_mb 1e+12" in outcome.comment
 
 
 def test_store_answers_out_of_resources_over_max_dataset_mb(receiver: Receiver, phantom_set: Path):
     receiver.settings = _with_security(receiver.settings, max_dataset_mb=0.001)
     outcome = receiver.store(_incoming(receiver, sorted(phantom_set.rglob("AP.dcm"))[0]), "A")
     assert isinstance(outcome, Refusal) and outcome.status == Status.OUT_OF_RESOURCES
-    assert "max_dataset_mb" in outcome.comment
+    assert "over max_dataset_mb 0.001" in outcome.comment
 
 
 def test_store_answers_cannot_understand_for_unparsable_header(receiver: Receiver):
@@ -94,3 +98,36 @@ def test_store_accepts_again_an_instance_whose_file_was_purged(receiver: Receive
     with receiver.sessions() as s:
         states = sorted(r.state for r in s.scalars(select(Instance)))
     assert states == ["accepted", "purged"]
+
+
+def test_store_routes_a_radiograph_without_modality_by_its_sop_class(
+    receiver: Receiver, phantom_set: Path, caplog: pytest.LogCaptureFixture
+):
+    ds = pydicom.dcmread(sorted(phantom_set.rglob("AP.dcm"))[0])
+    del ds.Modality
+    incoming = receiver.settings.tmp_dir / "no-modality.dcm"
+    ds.save_as(incoming, enforce_file_format=True)
+    with caplog.at_level("INFO"):
+        assert receiver.store(incoming, "A") == Status.SUCCESS
+    with receiver.sessions() as s:
+        assert s.scalars(select(Instance)).one().state == InstanceState.ACCEPTED
+    assert "has no Modality: routed as" in caplog.text
+
+
+def test_store_logs_why_an_instance_is_ignored(receiver: Receiver, phantom_set: Path, caplog: pytest.LogCaptureFixture):
+    ds = pydicom.dcmread(sorted(phantom_set.rglob("AP.dcm"))[0])
+    ds.BodyPartExamined = "KNEE"
+    incoming = receiver.settings.tmp_dir / "knee.dcm"
+    ds.save_as(incoming, enforce_file_format=True)
+    with caplog.at_level("INFO"):
+        assert receiver.store(incoming, "A") == Status.SUCCESS
+    assert "ignored: no analyzer selects" in caplog.text and "body part 'KNEE'" in caplog.text
+
+
+def test_stale_temp_files_are_removed_and_a_receive_in_progress_is_kept(tmp_path: Path):
+    old, fresh = tmp_path / "tmp-old", tmp_path / "tmp-fresh"
+    old.write_bytes(b"cut short")
+    fresh.write_bytes(b"still arriving")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temp_files(tmp_path, 600) == 1
+    assert not old.exists() and fresh.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -205,3 +206,37 @@ def test_sr_for_study_without_image_size_falls_back_to_a_study_level_group(one_s
     tree = _dsrdump(_save(sr, tmp_path / "sr.dcm"))
     assert '"Tracking Identifier")="FH not found"' in tree and '(373121007,SCT,"Not Evaluated")' in tree
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+
+
+def _with_character_set(sources: dict[str, Dataset], charset: str, name: str) -> dict[str, Dataset]:
+    """Copies of ``sources`` as a modality would write them: ``name`` encoded in ``charset``."""
+    out = {}
+    for uid, ds in sources.items():
+        copy = Dataset(ds)
+        copy.file_meta = ds.file_meta
+        copy.SpecificCharacterSet, copy.PatientName = charset, name
+        buffer = BytesIO()
+        copy.save_as(buffer, enforce_file_format=True)
+        out[uid] = pydicom.dcmread(BytesIO(buffer.getvalue()))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "kept"),
+    [
+        ("ISO 2022 IR 87", "Yamada^Tarou=山田太郎", "Yamada^Tarou=山田太郎"),  # a code extension given alone
+        ("ISO_IR 999", "Doe^Jane", "Doe^Jane"),  # unknown: read with the default repertoire
+        ("ISO_IR 100", "Müller^Jürgen", "Müller^Jürgen"),  # written as declared
+    ],
+)
+def test_results_are_built_for_any_character_set_and_keep_the_patient_name(
+    one_study_case, charset: str, name: str, kept: str
+):
+    case, sources = one_study_case
+    sets = build_result_sets(case, _with_character_set(sources, charset, name))
+    for ds in sets[0].datasets():
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        back = pydicom.dcmread(BytesIO(buffer.getvalue()))
+        assert str(back.PatientName) == kept
+        assert back.SpecificCharacterSet == ("ISO_IR 100" if charset == "ISO_IR 100" else "ISO_IR 192")
