@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium
-SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium
+SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium openssl
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 .PHONY: setup system-deps run viewer viewer-screenshots test test-fast weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The real peers the tests use (Debian packages; needs root): dcmtk, dicom3tools, Orthanc with its DICOMweb
-# plugin, Chromium for the viewer test (the prebuilt OHIF viewer comes from the npm registry via npm).
+# plugin, Chromium for the viewer test (the prebuilt OHIF viewer comes from the npm registry via npm), openssl
+# for the TLS tests' certificate authority.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	[ -f $(DICOMWEB_PLUGIN) ] || missing="$$missing orthanc-dicomweb"; \

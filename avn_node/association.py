@@ -1,12 +1,14 @@
 """Associations, built in one place: the SCP's AE (contexts, limits, calling AE and address policy) and the
 SCU's (requested contexts, timeouts), and the process-wide pynetdicom settings applied once at start-up.
 
-References: PS3.7 D.3.3 (association negotiation), PS3.8 9.3.4 (A-ASSOCIATE-RJ parameters).
+References: PS3.7 D.3.3 (association negotiation), PS3.8 9.3.4 (A-ASSOCIATE-RJ parameters), PS3.15 B.9
+(BCP 195 TLS secure transport: TLS 1.2 or newer).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,3 +75,29 @@ def reject_unlisted_address(security: SecuritySettings, event: evt.Event) -> boo
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, NO_REASON_GIVEN)
         return True
     return False
+
+
+def server_tls(security: SecuritySettings) -> ssl.SSLContext | None:
+    """The SCP's TLS context when ``tls_cert`` is set (then the port speaks TLS only), else None.
+
+    With ``tls_ca`` set a peer must present a certificate signed by it.
+    """
+    if not security.tls_cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(security.tls_cert, security.tls_key or None)
+    if security.tls_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(security.tls_ca)
+    return context
+
+
+def client_tls(security: SecuritySettings) -> ssl.SSLContext:
+    """The SCU's TLS context towards a destination with ``tls = true``: the peer's certificate is checked
+    against ``tls_ca`` (else the system's authorities) and its host name; ``tls_cert`` is presented if set."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=security.tls_ca or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if security.tls_cert:
+        context.load_cert_chain(security.tls_cert, security.tls_key or None)
+    return context

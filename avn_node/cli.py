@@ -384,6 +384,7 @@ def _peer(text: str, option: str, calling_aet: str):  # noqa: ANN202
 def serve(config: ConfigOption = None) -> None:
     """Run the node: SCP, grouping, analysis, reporting and dispatch in one process (DESIGN §3)."""
     import signal
+    import ssl
     import threading
 
     from avn_node.logs import configure_logging
@@ -399,6 +400,9 @@ def serve(config: ConfigOption = None) -> None:
         run_node(settings, stop)
     except WeightsError as exc:
         typer.echo(f'Error: key "models.dir": {exc}', err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except ssl.SSLError as exc:
+        typer.echo(f'Error: key "security.tls_cert" / "tls_key" / "tls_ca": cannot load: {exc}', err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 

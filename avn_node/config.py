@@ -91,9 +91,10 @@ class DispatchSettings(_Section):
 class SecuritySettings(_Section):
     allowed_calling_aets: list[str] = []
     allowed_peer_ips: list[str] = []
-    tls_cert: str = ""
+    tls_cert: str = ""  # PEM; when set the SCP speaks TLS only
     tls_key: str = ""
-    tls_ca: str = ""
+    tls_ca: str = ""  # when set, peers must present a certificate signed by it; also checks destinations
+    audit_log: str = ""  # IHE ATNA-style JSON lines; "" = off
     max_associations: int = Field(64, ge=1)
     max_pdu_bytes: int = Field(4_194_304, ge=0)
     max_dataset_mb: float = Field(512, gt=0)
@@ -163,11 +164,14 @@ class Settings(BaseSettings):
 NOT_BUILT = "is not implemented yet"
 
 
-def unbuilt_features(settings: Settings) -> list[str]:
-    """``key: why`` for every value that asks for a feature the node does not have (it would be ignored)."""
-    problems = [f"destinations.{i}.tls: TLS {NOT_BUILT}" for i, d in enumerate(settings.destinations) if d.tls]
-    problems += [f"security.{k}: TLS {NOT_BUILT}" for k in ("tls_cert", "tls_key", "tls_ca")
-                 if getattr(settings.security, k)]  # fmt: skip
+def refused_values(settings: Settings) -> list[str]:
+    """``key: why`` for every value that asks for a feature the node does not have (it would be ignored), and
+    for TLS files that are missing or incomplete."""
+    security = settings.security
+    problems = [f"security.{key}: no such file {getattr(security, key)}" for key in ("tls_cert", "tls_key", "tls_ca")
+                if getattr(security, key) and not Path(getattr(security, key)).is_file()]  # fmt: skip
+    if security.tls_key and not security.tls_cert:
+        problems.append("security.tls_key: set without security.tls_cert")
     if settings.queue.backend != "local":
         problems.append(f'queue.backend: "{settings.queue.backend}" {NOT_BUILT} (only "local")')
     problems += [f"reporting.{k}: {k} output {NOT_BUILT}" for k in ("gsps", "segmentation")
@@ -178,6 +182,8 @@ def unbuilt_features(settings: Settings) -> list[str]:
 
 
 def _resolved_path(value: object, base: Path) -> object:
+    if value in ("", None):
+        return value  # "" means off
     path = Path(str(value)).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
 
@@ -194,7 +200,9 @@ def _resolve_against(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """``raw`` (TOML or environment values) with its relative paths made absolute against ``base``."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for section, key, resolve in (("node", "data_dir", _resolved_path), ("models", "dir", _resolved_path),
-                                  ("database", "url", _resolved_url)):  # fmt: skip
+                                  ("database", "url", _resolved_url), ("security", "tls_cert", _resolved_path),
+                                  ("security", "tls_key", _resolved_path), ("security", "tls_ca", _resolved_path),
+                                  ("security", "audit_log", _resolved_path)):  # fmt: skip
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section][key] = resolve(out[section][key], base)
     return out
@@ -203,13 +211,10 @@ def _resolve_against(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 def _absolute(settings: Settings) -> Settings:
     """Paths still relative (from the environment or the defaults) against the working directory."""
     cwd = Path.cwd()
-    fields = {"node": settings.node.model_dump(), "models": settings.models.model_dump(),
-              "database": settings.database.model_dump()}  # fmt: skip
-    fixed = _resolve_against(fields, cwd)
-    return settings.model_copy(update={
-        "node": NodeSettings(**fixed["node"]), "models": ModelsSettings(**fixed["models"]),
-        "database": DatabaseSettings(**fixed["database"]),
-    })  # fmt: skip
+    sections = {"node": NodeSettings, "models": ModelsSettings, "database": DatabaseSettings,
+                "security": SecuritySettings}  # fmt: skip
+    fixed = _resolve_against({k: getattr(settings, k).model_dump() for k in sections}, cwd)
+    return settings.model_copy(update={k: model(**fixed[k]) for k, model in sections.items()})
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -234,6 +239,6 @@ def load_settings(path: Path | None = None) -> Settings:
             key = ".".join(str(p) for p in error["loc"])
             problems.append(f'key "{key}": {error["msg"]}')
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
-    if problems := unbuilt_features(settings):
+    if problems := refused_values(settings):
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return settings

@@ -19,10 +19,6 @@ from avn_node.store.models import Event
 
 log = logging.getLogger("avn_node.events")
 
-WARNING_KINDS = frozenset(
-    {"association.rejected", "instance.refused", "job.failed", "delivery.failed", "delivery.dead"}
-)
-
 
 @dataclass(frozen=True)
 class NodeEvent:
@@ -72,9 +68,9 @@ def _after_rollback(session: Session) -> None:
 
 
 def _publish(event: NodeEvent) -> None:
-    level = logging.WARNING if event.kind in WARNING_KINDS else logging.DEBUG
-    log.log(level, "%s %s %s", event.kind, event.subject, event.detail,
-            extra={"event": event.kind, "subject": event.subject, **event.data})  # fmt: skip
+    # DEBUG: each stage logs its own line for people; this one carries the fields for machines
+    log.debug("%s %s %s", event.kind, event.subject, event.detail,
+              extra={"event": event.kind, "subject": event.subject, **event.data})  # fmt: skip
     for subscriber in list(_subscribers):
         try:
             subscriber(event)

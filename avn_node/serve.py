@@ -11,14 +11,17 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from avn_node.analyse.analyzers import Analyzer, analyzer_kinds
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
 from avn_node.association import configure_process
+from avn_node.audit import AuditLog
 from avn_node.config import Settings
 from avn_node.dispatch.sender import Dispatcher
-from avn_node.events import NodeEvent, subscribe
+from avn_node.events import NodeEvent, emit_now, subscribe
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import start_scp
 from avn_node.store.database import open_database
@@ -48,6 +51,7 @@ class Node:
         # Loops poll every tick; a committed event that means work for a loop wakes it at once.
         self.wake_worker, self.wake_dispatch = threading.Event(), threading.Event()
         self.unsubscribe = subscribe(self._wake)
+        self.unsubscribe_audit: Callable[[], None] = lambda: None
 
     def _wake(self, event: NodeEvent) -> None:
         if event.kind in ("case.queued", "job.retry"):
@@ -73,6 +77,13 @@ class Node:
                 log.info("analyzer %s %s loaded", kind.name, analyzers[kind.name].version)
             if resumed := self.queue.reclaim():
                 log.info("resuming %d interrupted analysis jobs", resumed)
+        if settings.security.audit_log:
+            self.unsubscribe_audit = subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title))
+        emit_now(self.sessions, NodeEvent("node.started", settings.node.ae_title, data={
+            "port": settings.node.port, "data_dir": str(settings.node.data_dir),
+            "tls": bool(settings.security.tls_cert), "analyzers": sorted(analyzers),
+            "destinations": [d.name for d in settings.destinations],
+        }))  # fmt: skip
         self.server = start_scp(settings, self.sessions)
         self._spawn("schedule", self._schedule)
         if analyzers:
@@ -92,7 +103,10 @@ class Node:
         self.stopping.set()
         for thread in self.threads:
             thread.join()
+        if self.server is not None:
+            emit_now(self.sessions, NodeEvent("node.stopped", self.settings.node.ae_title))
         self.unsubscribe()
+        self.unsubscribe_audit()
         log.info("stopped")
 
     def _spawn(self, name: str, target) -> None:  # noqa: ANN001

@@ -81,8 +81,6 @@ def test_config_embedded_default_points_at_the_checkout_from_any_directory(
 @pytest.mark.parametrize(
     ("toml", "key"),
     [
-        ('[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport = 104\ntls = true\n', "destinations.0.tls"),
-        ('[security]\ntls_cert = "node.pem"\n', "security.tls_cert"),
         ('[queue]\nbackend = "celery"\n', "queue.backend"),
         ("[reporting]\ngsps = true\n", "reporting.gsps"),
         ("[reporting]\nsegmentation = true\n", "reporting.segmentation"),
@@ -96,6 +94,18 @@ def test_cli_refuses_a_value_whose_feature_is_not_built_with_exit_2_naming_the_k
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert f"{key}:" in proc.stderr and "not implemented yet" in proc.stderr
+
+
+def test_config_refuses_missing_tls_files_and_a_key_without_a_certificate(tmp_path: Path):
+    missing = tmp_path / "missing.toml"
+    missing.write_text('[security]\ntls_cert = "node.pem"\n')
+    with pytest.raises(ConfigError, match=r"security\.tls_cert: no such file .*node\.pem"):
+        load_settings(missing)
+    (tmp_path / "node.key").write_text("key")
+    lone = tmp_path / "lone.toml"
+    lone.write_text('[security]\ntls_key = "node.key"\n')
+    with pytest.raises(ConfigError, match=r"security\.tls_key: set without security\.tls_cert"):
+        load_settings(lone)
 
 
 def test_settings_are_frozen():

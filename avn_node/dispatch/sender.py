@@ -7,6 +7,7 @@ since the delivery was created it is dead-lettered (``avn-node deliveries retry`
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from pynetdicom.presentation import build_context
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from avn_node.association import DEFAULT_TIMEOUT_SECONDS, scu_ae
+from avn_node.association import DEFAULT_TIMEOUT_SECONDS, client_tls, scu_ae
 from avn_node.config import Destination, DispatchSettings, Settings
 from avn_node.events import NodeEvent, emit
 from avn_node.receive.statuses import STORED
@@ -35,7 +36,10 @@ def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> da
 
 
 def send_files(
-    destination: Destination, paths: list[Path], timeout: float = DEFAULT_TIMEOUT_SECONDS
+    destination: Destination,
+    paths: list[Path],
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[Path, str]:
     """C-STORE every file over one association; per file ``""`` on success, else the reason.
 
@@ -60,9 +64,12 @@ def send_files(
         for ts in sorted(used | {ExplicitVRLittleEndian, ImplicitVRLittleEndian})
     ]
     ae = scu_ae(destination.calling_ae_title, contexts, timeout)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=(tls, destination.host) if tls is not None else None)  # fmt: skip
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "no association (peer down or aborted)"
+        if tls is not None and not assoc.is_rejected:
+            reason = "no association (peer down, aborted, or the TLS handshake failed: see the log)"
         return {**outcome, **dict.fromkeys(readable, reason)}
     try:
         for path in readable:
@@ -97,6 +104,7 @@ class Dispatcher:
                  destination: Destination, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
         self.settings, self.sessions, self.files = settings, sessions, files
         self.destination, self.timeout = destination, timeout
+        self.tls = client_tls(settings.security) if destination.tls else None
 
     def claim(self) -> list[tuple[int, str, bool]]:
         """(delivery id, result file key, result purged) of the due deliveries this dispatcher now holds."""
@@ -135,7 +143,7 @@ class Dispatcher:
         if not claimed:
             return 0
         paths = {key: self.files.local_path(key) for _, key, purged in claimed if not purged}
-        outcome = send_files(self.destination, list(paths.values()), self.timeout) if paths else {}
+        outcome = send_files(self.destination, list(paths.values()), self.timeout, self.tls) if paths else {}
         errors = {key: outcome[path] for key, path in paths.items()}
         errors.update({key: "result purged by retention" for _, key, purged in claimed if purged})
         return self._record({delivery_id: errors[key] for delivery_id, key, _ in claimed})

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
-from avn_node.association import peer, reject_unlisted_address, scp_ae
+from avn_node.association import peer, reject_unlisted_address, scp_ae, server_tls
 from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit, emit_now
 from avn_node.group.cases import patient_of, study_datetime
@@ -208,5 +208,9 @@ def start_scp(settings: Settings, sessions: sessionmaker[Session]):  # noqa: ANN
         *_association_handlers(settings, sessions),
     ]
     ae = scp_ae(settings.node.ae_title, settings.security)
-    log.info("listening as %s on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)
-    return ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers)
+    tls = server_tls(settings.security)
+    transport = "TCP" if tls is None else "TLS only"
+    transport += ", client certificate required" if tls is not None and settings.security.tls_ca else ""
+    log.info("listening as %s on %s:%d (%s)", settings.node.ae_title, settings.node.host, settings.node.port, transport)
+    return ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers,
+                           ssl_context=tls)  # fmt: skip

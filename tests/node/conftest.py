@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class Node:
     # with a training test, arrives first (at 1 s a study was analysed twice, with one image and then both).
     idle_seconds: float = 4.0
     destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
+    destinations_tls: bool = False
     extra: str = ""
     process: subprocess.Popen | None = None
 
@@ -94,6 +95,7 @@ min_free_disk_mb = 1
 """
         for name, aet, port in self.destinations:
             text += f'[[destinations]]\nname = "{name}"\nae_title = "{aet}"\nhost = "127.0.0.1"\nport = {port}\n'
+            text += "tls = true\n" if self.destinations_tls else ""
         self.config.write_text(text)
 
     def start(self) -> None:
@@ -183,8 +185,11 @@ def _uncompressed(path: Path) -> Path:
     return copy
 
 
-def storescu(port: int, files: list[Path], aet: str = "AVN_NODE") -> subprocess.CompletedProcess:
-    """dcmtk storescu; it proposes uncompressed syntaxes, so compressed files go as decompressed copies."""
+def storescu(
+    port: int, files: list[Path], aet: str = "AVN_NODE", options: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """dcmtk storescu (with ``options``, e.g. TLS); it proposes uncompressed syntaxes, so compressed files go
+    as decompressed copies."""
     files = [_uncompressed(f) for f in files]
     return subprocess.run(
         [
@@ -195,6 +200,7 @@ def storescu(port: int, files: list[Path], aet: str = "AVN_NODE") -> subprocess.
             "MODALITY",
             "-aec",
             aet,
+            *options,
             "127.0.0.1",
             str(port),
             *map(str, files),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -212,3 +213,26 @@ def test_node_stores_every_transfer_syntax_with_encoded_pixels_unchanged(node: N
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert encoded(sorted((node.root / "var" / "instances").rglob("*.dcm"))) == sent
+
+
+def test_audit_log_records_associations_instances_and_deliveries_without_patient_names(
+    node: Node, archive: Archive, phantom_set
+):
+    audit = node.root / "audit.jsonl"
+    node.extra = f'audit_log = "{audit}"\nallowed_calling_aets = ["MODALITY"]'
+    node.destinations = [("archive", archive.aet, archive.port)]
+    node.start()
+    (files,) = _patient(phantom_set, 1, 1)
+    assert _echo(node.port, "STRANGER").returncode != 0
+    assert storescu(node.port, files).returncode == 0
+    _wait_results(archive, 3, RESULTS_WAIT_S)
+    wait_for(lambda: audit.exists() and audit.read_text().count('"delivery.done"') == 3, 30, "3 audited deliveries")
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    kinds = [e["EventTypeText"] for e in entries]
+    assert kinds[0] == "node.started" and "association.rejected" in kinds and "association.accepted" in kinds
+    assert {e["EventID"]["code"] for e in entries} >= {"110100", "110104", "110114"}
+    stored = next(e for e in entries if e["EventTypeText"] == "instance.accepted")
+    assert stored["ParticipantObject"] == str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    assert stored["Detail"]["calling_ae_title"] == "MODALITY"
+    name = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientName)
+    assert name and name.split("^")[0] not in audit.read_text()
