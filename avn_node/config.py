@@ -157,7 +157,8 @@ class Settings(BaseSettings):
 
     @property
     def tmp_dir(self) -> Path:
-        """Where incoming datasets are streamed before their rename (inside ``data_dir``: same filesystem)."""
+        """Where incoming datasets are streamed before their rename (inside ``data_dir``: same filesystem); a
+        running node uses a folder of its own inside, emptied at start."""
         return self.node.data_dir / "tmp"
 
 

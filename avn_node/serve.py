@@ -8,6 +8,7 @@ next start picks it up.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from avn_node.analyse.worker import Worker
 from avn_node.association import configure_process
 from avn_node.audit import AuditLog
 from avn_node.config import Settings
-from avn_node.dispatch.sender import Dispatcher
+from avn_node.dispatch.sender import Dispatcher, release_claims
 from avn_node.events import NodeEvent, emit_now, subscribe
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import start_scp
@@ -32,7 +33,7 @@ from avn_node.store.retention import purge_older_than
 log = logging.getLogger("avn_node.serve")
 TICK_SECONDS = 0.5
 RETENTION_SWEEP_SECONDS = 24 * 3600
-STALE_TEMP_SECONDS = 600  # a temp file unwritten this long belongs to no receive still running (any node)
+STALE_TEMP_SECONDS = 600  # a shared temp file unwritten this long belongs to no receive still running
 
 
 def worker_id(settings: Settings) -> str:
@@ -64,9 +65,10 @@ class Node:
         dispatch in the background."""
         settings = self.settings
         settings.node.data_dir.mkdir(parents=True, exist_ok=True)
-        configure_process(settings.tmp_dir)
-        if stale := remove_stale_temp_files(settings.tmp_dir, STALE_TEMP_SECONDS):
+        own_tmp = settings.tmp_dir / re.sub(r"[^A-Za-z0-9.-]", "_", f"{socket.gethostname()}-{settings.node.port}")
+        if stale := remove_stale_temp_files(own_tmp, 0) + remove_stale_temp_files(settings.tmp_dir, STALE_TEMP_SECONDS):
             log.info("removed %d temp files of receives cut short before this start", stale)
+        configure_process(own_tmp)
         self.sessions = open_database(settings.database.url)
         self.files = LocalFileStore(settings.node.data_dir)
         self.queue = JobQueue(self.sessions, worker_id(settings), settings.queue.lease_seconds)
@@ -77,6 +79,9 @@ class Node:
                 log.info("analyzer %s %s loaded", kind.name, analyzers[kind.name].version)
             if resumed := self.queue.reclaim():
                 log.info("resuming %d interrupted analysis jobs", resumed)
+        with self.sessions() as session:
+            if released := release_claims(session, self.queue.worker_id):
+                log.info("%d deliveries were being sent when the node stopped: in doubt, due now", released)
         if settings.security.audit_log:
             self.unsubscribe_audit = subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title))
         emit_now(self.sessions, NodeEvent("node.started", settings.node.ae_title, data={
@@ -90,7 +95,7 @@ class Node:
             worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
             self._spawn("analyse", lambda: self._loop(worker.run_next, "analysis", self.wake_worker))
         for destination in settings.destinations:
-            dispatcher = Dispatcher(settings, self.sessions, self.files, destination)
+            dispatcher = Dispatcher(settings, self.sessions, self.files, destination, self.queue.worker_id)
             self._spawn(f"dispatch-{destination.name}",
                         lambda d=dispatcher: self._loop(d.run_once, f"dispatch to {d.destination.name}",
                                                         self.wake_dispatch))  # fmt: skip

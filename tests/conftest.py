@@ -240,6 +240,7 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowFind": True,
         "DicomCheckCalledAet": False,
         "Plugins": [],
     }

@@ -27,6 +27,7 @@ from avn_node.analyse.analyzers import Analyzer
 from avn_node.analyse.queue import JobQueue, case_instances, mark_analysed
 from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit
+from avn_node.faults import fault_point
 from avn_node.report.results import ResultSet
 from avn_node.store.files import LocalFileStore, result_key
 from avn_node.store.models import Case, CaseState, Delivery, Instance, Job, Result
@@ -66,6 +67,7 @@ class Worker:
                 raise LookupError(f'no analyzer "{job.analyzer}" is configured on this node')
             sources, previous, known, covered = self._read(job)
             finding = analyzer.analyse(list(sources.values()))
+            fault_point("analyse.mid-analysis")
             timings = analyzer.timings
             step = time.perf_counter()
             sets = analyzer.report(finding, sources, job.version, previous)
@@ -123,6 +125,7 @@ class Worker:
                 buffer = BytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 self.files.write(buffer.getvalue(), key)
+                fault_point("analyse.between-results")
                 rows.append(Result(study_instance_uid=result_set.study_instance_uid, kind=kind, sop_instance_uid=uid,
                                    sop_class_uid=str(ds.SOPClassUID), file_key=key))  # fmt: skip
         return rows

@@ -9,24 +9,30 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.association import DEFAULT_TIMEOUT_SECONDS, client_tls, scu_ae
 from avn_node.config import Destination, DispatchSettings, Settings
 from avn_node.events import NodeEvent, emit
+from avn_node.faults import fault_point
 from avn_node.receive.statuses import STORED
 from avn_node.store.files import LocalFileStore
 from avn_node.store.models import Delivery, DeliveryState, Result, utcnow
 
 log = logging.getLogger("avn_node.dispatch")
 BATCH = 32  # deliveries per association
+SUCCESS_STATUS = 0x0000
+PENDING = frozenset({0xFF00, 0xFF01})  # C-FIND matches follow (PS3.4 C.4.1.1.4)
 
 
 def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> datetime:
@@ -91,49 +97,95 @@ def send_files(
     return outcome
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery held by this dispatcher; ``in_doubt`` when an earlier claim never recorded its outcome."""
+
+    delivery_id: int
+    key: str
+    purged: bool
+    in_doubt: bool
+
+
+def held_by(destination: Destination, datasets: list[Dataset], timeout: float = DEFAULT_TIMEOUT_SECONDS,
+            tls: ssl.SSLContext | None = None) -> set[str] | None:  # fmt: skip
+    """SOP Instance UIDs of ``datasets`` the destination holds, by C-FIND at IMAGE level (PS3.4 C.4.1, Study Root);
+    None when it does not answer C-FIND."""
+    model = StudyRootQueryRetrieveInformationModelFind
+    ae = scu_ae(destination.calling_ae_title, [build_context(model)], timeout)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=(tls, destination.host) if tls is not None else None)  # fmt: skip
+    if not assoc.is_established:
+        return None
+    found: set[str] = set()
+    try:
+        for ds in datasets:
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID, query.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+            query.SOPInstanceUID = ds.SOPInstanceUID
+            for status, identifier in assoc.send_c_find(query, model):
+                code = getattr(status, "Status", None)
+                if code in PENDING:
+                    if identifier is not None and identifier.get("SOPInstanceUID") == ds.SOPInstanceUID:
+                        found.add(str(ds.SOPInstanceUID))
+                elif code != SUCCESS_STATUS:
+                    return None  # refused, failed or timed out: the archive cannot be asked
+    except (ValueError, RuntimeError):  # no accepted context for C-FIND
+        return None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return found
+
+
 class Dispatcher:
     """The deliveries to one destination, in a loop of their own (:class:`avn_node.serve.Node`): a hung archive
     stalls only itself.
 
     Each round claims up to :data:`BATCH` due deliveries with compare-and-set (pushing their next attempt past
-    the time the send may take, which is the claim's lease), sends them over one association with no session
-    open, and records each outcome in one short transaction.
+    the time the send may take, which is the claim's lease, and stamping ``claimed_at``), sends them over one
+    association with no session open, and records each outcome in one short transaction.
+
+    A delivery claimed before whose outcome was never recorded (the node died while sending) is *in doubt*: the
+    archive is asked by C-FIND (IMAGE level) whether it holds the object, and it is re-sent only if not — or, where
+    the archive answers no C-FIND, re-sent and counted as a re-delivery.
     """
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], files: LocalFileStore,
-                 destination: Destination, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
+                 destination: Destination, owner: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
         self.settings, self.sessions, self.files = settings, sessions, files
-        self.destination, self.timeout = destination, timeout
+        self.destination, self.owner, self.timeout = destination, owner, timeout
         self.tls = client_tls(settings.security) if destination.tls else None
 
-    def claim(self) -> list[tuple[int, str, bool]]:
-        """(delivery id, result file key, result purged) of the due deliveries this dispatcher now holds."""
+    def claim(self) -> list[Claimed]:
+        """The due deliveries this dispatcher now holds."""
         now = utcnow()
         lease = now + timedelta(seconds=self.timeout * (BATCH + 3))
         claimed = []
         with self.sessions() as session:
             due = session.execute(
-                select(Delivery.id, Delivery.next_attempt_at, Result.file_key, Result.purged)
+                select(Delivery.id, Delivery.next_attempt_at, Delivery.claimed_at, Result.file_key, Result.purged)
                 .join(Result, Result.id == Delivery.result_id)
                 .where(Delivery.destination == self.destination.name, Delivery.state == DeliveryState.PENDING,
                        Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(BATCH)
             ).all()  # fmt: skip
-            for delivery_id, seen, key, purged in due:
-                if self._take(session, delivery_id, seen, lease):
-                    claimed.append((delivery_id, key, purged))
+            for delivery_id, seen, earlier_claim, key, purged in due:
+                if self._take(session, delivery_id, seen, lease, now, self.owner):
+                    claimed.append(Claimed(delivery_id, key, purged, in_doubt=earlier_claim is not None))
             session.commit()
         return claimed
 
     @staticmethod
-    def _take(session: Session, delivery_id: int, seen: datetime, lease: datetime) -> bool:
+    def _take(session: Session, delivery_id: int, seen: datetime, lease: datetime, now: datetime, owner: str) -> bool:
         """Compare-and-set: hold the delivery only if it is still pending with the next attempt seen."""
         taken = session.execute(
             update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.PENDING)
             .where(Delivery.next_attempt_at == seen)
-            .values(next_attempt_at=lease)
+            .values(next_attempt_at=lease, claimed_at=now, claimed_by=owner)
         )
         return taken.rowcount == 1
 
@@ -142,13 +194,35 @@ class Dispatcher:
         claimed = self.claim()
         if not claimed:
             return 0
-        paths = {key: self.files.local_path(key) for _, key, purged in claimed if not purged}
+        doubtful = [c for c in claimed if c.in_doubt and not c.purged]
+        held = self._held_by_archive(doubtful) if doubtful else set()
+        notes = {c.delivery_id: {"in_doubt": True, "found_by_c_find": held is not None and c.key in (held or ())}
+                 for c in doubtful}  # fmt: skip
+        to_send = [c for c in claimed if not c.purged and (held is None or c.key not in held)]
+        paths = {c.key: self.files.local_path(c.key) for c in to_send}
         outcome = send_files(self.destination, list(paths.values()), self.timeout, self.tls) if paths else {}
+        fault_point("dispatch.after-send")
         errors = {key: outcome[path] for key, path in paths.items()}
-        errors.update({key: "result purged by retention" for _, key, purged in claimed if purged})
-        return self._record({delivery_id: errors[key] for delivery_id, key, _ in claimed})
+        errors.update({c.key: "" for c in doubtful if held and c.key in held})
+        errors.update({c.key: "result purged by retention" for c in claimed if c.purged})
+        return self._record({c.delivery_id: errors[c.key] for c in claimed}, notes)
 
-    def _record(self, errors: dict[int, str]) -> int:
+    def _held_by_archive(self, doubtful: list[Claimed]) -> set[str] | None:
+        """Keys of the in-doubt results the archive already holds; None when it answers no C-FIND."""
+        by_uid = {}
+        for c in doubtful:
+            try:
+                by_uid[c.key] = pydicom.dcmread(self.files.local_path(c.key), stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 - an unreadable file is re-sent and fails there, with its reason
+                continue
+        found = held_by(self.destination, list(by_uid.values()), self.timeout, self.tls)
+        if found is None:
+            log.warning("%s answers no C-FIND: %d results in doubt are sent again", self.destination.name,
+                        len(doubtful))  # fmt: skip
+            return None
+        return {key for key, ds in by_uid.items() if str(ds.SOPInstanceUID) in found}
+
+    def _record(self, errors: dict[int, str], notes: dict[int, dict[str, bool]]) -> int:
         sent = 0
         now = utcnow()
         name = self.destination.name
@@ -157,8 +231,10 @@ class Dispatcher:
                 delivery = session.get(Delivery, delivery_id)
                 assert delivery is not None
                 delivery.attempts += 1
+                delivery.claimed_at, delivery.claimed_by = None, ""
                 uid = delivery.result.sop_instance_uid
-                data = {"destination": name, "sop_instance_uid": uid, "attempt": delivery.attempts}
+                data = {"destination": name, "sop_instance_uid": uid, "attempt": delivery.attempts,
+                        **notes.get(delivery_id, {})}  # fmt: skip
                 if not error:
                     delivery.state = DeliveryState.SENT
                     delivery.sent_at = utcnow()
@@ -178,6 +254,17 @@ class Dispatcher:
                                 delivery.next_attempt_at.isoformat())  # fmt: skip
             session.commit()
         return sent
+
+
+def release_claims(session: Session, owner: str) -> int:
+    """At start: deliveries ``owner`` held when it stopped are due now (still in doubt); returns how many."""
+    released = session.execute(
+        update(Delivery)
+        .where(Delivery.claimed_by == owner, Delivery.state == DeliveryState.PENDING)
+        .values(next_attempt_at=utcnow())
+    ).rowcount
+    session.commit()
+    return released
 
 
 def retry_deliveries(session: Session, ids: list[int] | None) -> int:

@@ -22,6 +22,7 @@ from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
 from avn_node.association import peer, reject_unlisted_address, scp_ae, server_tls
 from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit, emit_now
+from avn_node.faults import fault_point
 from avn_node.group.cases import patient_of, study_datetime
 from avn_node.receive.statuses import Refusal, Status
 from avn_node.store.files import InvalidUidError, LocalFileStore, checked_uid, instance_key, sha256_of
@@ -76,6 +77,7 @@ class Receiver:
             log.warning("instance %s from %s: same SOP Instance UID, different bytes; both kept", sop, calling_ae)
         key = instance_key(study, series, sop, sha)
         self.files.put(path, key)
+        fault_point("receive.after-rename")
         row = Instance(
             sop_instance_uid=sop,
             sop_class_uid=sop_class,
@@ -105,6 +107,7 @@ class Receiver:
                 if attempt == 2:
                     raise
                 row = Instance(**{c.key: getattr(row, c.key) for c in Instance.__table__.columns if c.key != "id"})
+        fault_point("receive.after-commit")
         outcome = f"accepted for the {kind.name} analyzer" if kind is not None else (
             f"ignored: no analyzer selects SOP class {sop_class}, modality {ds.get('Modality', '')!r}, "
             f"body part {ds.get('BodyPartExamined', '')!r} (see [routing])"
@@ -147,6 +150,7 @@ class Receiver:
         """EVT_C_STORE: the one seam between the network and the store."""
         calling = event.assoc.requestor.ae_title
         path = Path(event.dataset_path)
+        fault_point("receive.after-temp")
         try:
             outcome = self.store(path, calling)
         except Exception:  # noqa: BLE001 - never acknowledge what was not recorded

@@ -52,7 +52,7 @@ def test_dispatch_dead_letters_after_give_up_hours_and_retry_requeues(tmp_path: 
         s.add_all([fresh, old])
         s.commit()
         ids = fresh.id, old.id
-    dispatcher = Dispatcher(settings, sessions, files, settings.destinations[0], timeout=5)
+    dispatcher = Dispatcher(settings, sessions, files, settings.destinations[0], "node-a", timeout=5)
     assert dispatcher.run_once() == 0
     assert dispatcher.claim() == []  # both wait for their next attempt
     with sessions() as s:
@@ -89,6 +89,6 @@ def test_two_dispatchers_never_claim_one_delivery(tmp_path: Path, monkeypatch: p
             s.add(Delivery(result_id=result.id, destination="archive"))
         s.commit()
     files = LocalFileStore(tmp_path / "var")
-    dispatchers = [Dispatcher(settings, sessions, files, settings.destinations[0]) for _ in range(2)]
+    dispatchers = [Dispatcher(settings, sessions, files, settings.destinations[0], f"node-{i}") for i in range(2)]
     claimed = race_between_read_and_write(monkeypatch, Dispatcher, "_take", [d.claim for d in dispatchers])
     assert sorted(len(c) for c in claimed) == [0, 5]

@@ -62,6 +62,7 @@ class Node:
     destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
     destinations_tls: bool = False
     extra: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # e.g. AVN_FAULT
     process: subprocess.Popen | None = None
 
     @property
@@ -103,7 +104,7 @@ min_free_disk_mb = 1
         log = self.log.open("a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "avn_node", "serve", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )  # fmt: skip
         wait_for(lambda: port_open(self.port) or self.process.poll() is not None, 60, "the node to listen")
         assert self.process.poll() is None, self.log.read_text()[-3000:]

@@ -94,9 +94,7 @@ def tls_archive(tmp_path: Path, pki: Pki) -> Iterator[Archive]:
         stop_process(proc)
 
 
-def test_a_tls_destination_receives_the_results_over_tls(
-    node: Node, pki: Pki, tls_archive: Archive, phantom_set: Path
-):
+def test_a_tls_destination_receives_the_results_over_tls(node: Node, pki: Pki, tls_archive: Archive, phantom_set: Path):
     node.extra = _security(pki, require_client_certificate=True)  # tls_ca also checks the archive's certificate
     node.destinations = [("archive", tls_archive.aet, tls_archive.port)]
     node.destinations_tls = True
