@@ -29,12 +29,22 @@ NO_REASON_GIVEN = 0x01
 DEFAULT_TIMEOUT_SECONDS = 30
 
 
+def any_length_uid(value: object) -> tuple[bool, str]:
+    """pynetdicom's check of UI values in DIMSE messages, without its 64-character limit.
+
+    With the limit a request whose Affected SOP Instance UID is too long aborts the association inside pynetdicom:
+    the sender gets no status. Without it the C-STORE handler refuses the UID itself (0xC000, naming it).
+    """
+    return (True, "") if isinstance(value, str) and value else (False, "must be a non-empty str")
+
+
 def configure_process(tmp_dir: Path) -> None:
     """Once at start-up: pynetdicom streams received datasets to files in ``tmp_dir`` (same filesystem as the
-    store, so storing is a rename) instead of holding them in memory."""
+    store, so storing is a rename) instead of holding them in memory, and leaves bad UIDs to the handler."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(tmp_dir)
     _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.VALIDATORS["UI"] = any_length_uid
 
 
 def scp_ae(ae_title: str, security: SecuritySettings) -> AE:

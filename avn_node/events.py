@@ -46,6 +46,11 @@ def emit(session: Session, event: NodeEvent) -> None:
     session.info.setdefault(PENDING, []).append(event)
 
 
+def publish(event: NodeEvent) -> None:
+    """Log the event and notify subscribers without a row: for what is frequent and changes no state."""
+    _publish(event)
+
+
 def emit_now(sessions: sessionmaker[Session], event: NodeEvent) -> None:
     """:func:`emit` in a transaction of its own, for events with no state change of their own (associations)."""
     with sessions() as session:

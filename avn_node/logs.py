@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    """Log to stderr at ``level``; pynetdicom's own chatter only from WARNING up."""
+    """Log to stderr at ``level``; pynetdicom's own chatter only from WARNING up; Python warnings as records."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -36,3 +36,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "highdicom", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom both logs and warns each problem: keep the warning, which Python shows once per place in the
+    # code, and send it through this handler (with a timestamp) instead of bare to stderr.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.captureWarnings(True)

@@ -79,7 +79,9 @@ class Worker:
                 log.info("case %d version %d: %d new result objects in %.2f s", job.case_id, job.version,
                          len(written), time.perf_counter() - started)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost
-            log.exception("job %d (case %d) failed, attempt %d", job.id, job.case_id, job.attempts)
+            # the traceback once: a later attempt of a deterministic failure would only repeat it
+            log.error("job %d (case %d) failed, attempt %d: %s: %s", job.id, job.case_id, job.attempts,
+                      type(exc).__name__, exc, exc_info=job.attempts == 1)  # fmt: skip
             self.queue.fail(job.id, f"{type(exc).__name__}: {exc}")
         finally:
             stop.set()

@@ -226,6 +226,7 @@ class Dispatcher:
         sent = 0
         now = utcnow()
         name = self.destination.name
+        failed: dict[str, list[datetime]] = defaultdict(list)  # error → next attempts, one log line per error
         with self.sessions() as session:
             for delivery_id, error in errors.items():
                 delivery = session.get(Delivery, delivery_id)
@@ -250,9 +251,11 @@ class Dispatcher:
                 else:
                     delivery.next_attempt_at = next_attempt(self.settings.dispatch, delivery.attempts, now)
                     emit(session, NodeEvent("delivery.failed", str(delivery_id), error, data))
-                    log.warning("sending %s to %s failed (%s); next attempt %s", uid, name, error,
-                                delivery.next_attempt_at.isoformat())  # fmt: skip
+                    failed[error].append(delivery.next_attempt_at)
             session.commit()
+        for error, attempts in failed.items():
+            log.warning("sending %d results to %s failed (%s); next attempt from %s", len(attempts), name, error,
+                        min(attempts).isoformat(timespec="seconds"))  # fmt: skip
         return sent
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
 from avn_node.association import peer, reject_unlisted_address, scp_ae, server_tls
 from avn_node.config import Settings
-from avn_node.events import NodeEvent, emit, emit_now
+from avn_node.events import NodeEvent, emit, emit_now, publish
 from avn_node.faults import fault_point
 from avn_node.group.cases import patient_of, study_datetime
 from avn_node.receive.statuses import Refusal, Status
@@ -169,7 +169,8 @@ def handle_echo(event: evt.Event) -> int:
 
 
 def _association_handlers(settings: Settings, sessions: sessionmaker[Session]) -> list:  # noqa: ANN001
-    """Association events: a log line each, and an event row when accepted or rejected (AE titles, address)."""
+    """Association events: a log line each; accepted and rejected ones as node events (AE title, address), a
+    rejection also as an event row."""
     what = {
         evt.EVT_ACCEPTED: "accepted",
         evt.EVT_REJECTED: "rejected (calling AE title not allowed, or no acceptable context)",
@@ -184,6 +185,9 @@ def _association_handlers(settings: Settings, sessions: sessionmaker[Session]) -
     def _record(event: evt.Event, kind: str, reason: str = "") -> None:
         requestor = event.assoc.requestor
         data = {"calling_ae_title": requestor.ae_title, "address": requestor.address, "port": requestor.port}
+        if kind == "association.accepted":  # one per association: logged and audited, no row (a commit each)
+            publish(NodeEvent(kind, peer(event), reason, data))
+            return
         try:
             emit_now(sessions, NodeEvent(kind, peer(event), reason, data))
         except Exception:  # noqa: BLE001 - an unrecorded association event never breaks the association

@@ -15,9 +15,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 
+from avn_node.association import any_length_uid
 from avn_node.ground_truth import GroundTruth
 from tests.conftest import DCMTK_TIMEOUTS, require_tool
 from tests.node.conftest import Archive, Node, storescu, wait_for
@@ -111,11 +112,15 @@ def test_two_studies_of_one_patient_form_one_case_and_a_late_study_amends_the_sr
     assert status["jobs"] == {"done": 2}
 
 
-def test_node_answers_cannot_understand_for_malformed_uid_and_logs_reason(node: Node, phantom_set):
+@pytest.mark.parametrize("uid", ["1.2.3.abc", "1." + "2" * 198], ids=["letters", "200-characters"])
+def test_node_answers_cannot_understand_for_malformed_uid_and_logs_reason(
+    node: Node, phantom_set, uid: str, monkeypatch: pytest.MonkeyPatch
+):
     node.start()
     ds = pydicom.dcmread(_patient(phantom_set, 1, 2)[0][0])
     ds.decompress(generate_instance_uid=False)
-    ds.SOPInstanceUID = "1.2.3.abc"
+    ds.SOPInstanceUID = uid
+    monkeypatch.setitem(_config.VALIDATORS, "UI", any_length_uid)  # this SCU sends the bad UID as a modality would
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", node.port, ae_title="AVN_NODE")
@@ -126,6 +131,7 @@ def test_node_answers_cannot_understand_for_malformed_uid_and_logs_reason(node: 
     assert "SOP Instance UID is not a valid UID" in status.ErrorComment
     wait_for(lambda: "SOP Instance UID is not a valid UID" in node.log.read_text(), 30, "the refusal in the log")
     assert node.status()["instances"] == {}
+    assert [p for p in (node.root / "var" / "tmp").rglob("*") if p.is_file()] == []  # no temp file left
 
 
 def test_node_stores_other_sop_classes_as_ignored_and_duplicates_once(node: Node, phantom_set):
