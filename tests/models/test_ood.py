@@ -21,10 +21,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from avn_node.config import load_settings
-from avn_node.findings import Analyzer, CaseFinding, fuse_hips
+from avn_node.findings import CaseFinding, fuse_hips
 from avn_node.ground_truth import STAGES, FicatStage, GroundTruth
 from avn_node.models.dataset import prepare
 from avn_node.models.evaluate import as_scored, collect, compute_metrics
+from avn_node.models.inference import Analyzer
 from avn_node.models.ood import (
     FALSE_FLAG_RATE,
     OOD_FILE,
