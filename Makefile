@@ -7,7 +7,7 @@ SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium openssl
 SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: setup system-deps run viewer viewer-screenshots test test-fast weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
+.PHONY: setup system-deps run viewer viewer-screenshots test test-fast fuzz weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -53,6 +53,12 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/ruff check avn_node tests benchmarks docs viewer
 	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not peers and not browser" tests
+
+# Fuzzing of the ingest path with new random inputs (make test runs a short fixed sequence of the same test).
+FUZZ_EXAMPLES ?= 50000
+fuzz: setup
+	AVN_FUZZ_RANDOM=1 AVN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
+	  -o timeout=3600 -W ignore::UserWarning tests/reliability/test_fuzz.py
 
 # Trains the shipped demo weights (models/avn-demo-v2): avn-demo-v1 (classic phantom only) fine-tuned on a mix of
 # the phantom's three styles with the training augmentations; then held-out sets of each style, the evaluation on

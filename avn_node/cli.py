@@ -552,6 +552,48 @@ def purge(
         raise typer.Exit(EXIT_WORK_FAILED)
 
 
+@app.command()
+def backup(
+    out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the backup.")],
+    files: Annotated[bool, typer.Option("--files/--no-files", help="Copy the stored files too.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """A consistent copy of the database (taken while the node runs), the files it names, and their manifest."""
+    from avn_node.store.backup import BackupError
+    from avn_node.store.backup import backup as make_backup
+
+    settings = _settings(config)
+    try:
+        entries = make_backup(settings.database.url, settings.node.data_dir, out, files)
+    except BackupError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED) from None
+    size = sum(e.size for e in entries) / 2**20
+    typer.echo(f"backup in {out}: database and {len(entries)} files ({size:.1f} MB){'' if files else ' listed'}")
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Option("--from", help="A folder written by `avn-node backup`.")],
+    files_from: Annotated[
+        Path | None, typer.Option(help="Where the files are, for a backup made with --no-files.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Put a backup in place of a fresh node: the configured database must not exist yet; files are checked
+    against the manifest first. Then start the node (`avn-node serve`) on this configuration."""
+    from avn_node.store.backup import BackupError
+    from avn_node.store.backup import restore as restore_backup
+
+    settings = _settings(config)
+    try:
+        entries = restore_backup(source, settings.database.url, settings.node.data_dir, files_from)
+    except BackupError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED) from None
+    typer.echo(f"restored the database and {len(entries)} files into {settings.node.data_dir}")
+
+
 db_app = typer.Typer(help="The node's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
@@ -9,6 +10,8 @@ from pydicom.dataset import Dataset
 from avn_node.config import Settings
 from avn_node.findings import CaseFinding
 from avn_node.report.results import ResultSet, build_result_sets
+
+log = logging.getLogger("avn_node.analyse")
 
 
 class RadiographAnalyzer:
@@ -31,7 +34,11 @@ class RadiographAnalyzer:
         return dict(self.engine.timings)
 
     def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
-        return self.engine.analyse_case(list(sources))
+        finding = self.engine.analyse_case(list(sources))
+        for r in finding.radiographs:
+            if r.error:
+                log.warning("instance %s could not be analysed (the SR says so): %s", r.sop_instance_uid, r.error)
+        return finding
 
     def report(
         self,

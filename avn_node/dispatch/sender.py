@@ -250,6 +250,7 @@ class Dispatcher:
                     log.error("gave up sending %s to %s: %s", uid, name, error)
                 else:
                     delivery.next_attempt_at = next_attempt(self.settings.dispatch, delivery.attempts, now)
+                    data["retry_in_seconds"] = (delivery.next_attempt_at - now).total_seconds()
                     emit(session, NodeEvent("delivery.failed", str(delivery_id), error, data))
                     failed[error].append(delivery.next_attempt_at)
             session.commit()

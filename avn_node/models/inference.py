@@ -51,6 +51,14 @@ class _Decoded:
     error: str
 
 
+def _count(ds: Dataset, keyword: str) -> int:
+    """An integer attribute of a header as sent, 0 when absent or not a number (e.g. Rows written as text)."""
+    try:
+        return int(ds.get(keyword, 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 class Analyzer:
     """Loads a weights folder once; reads cases.
 
@@ -207,8 +215,8 @@ class Analyzer:
             "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
             "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
             "sop_class_uid": str(ds.get("SOPClassUID", "")),
-            "rows": int(ds.get("Rows", 0) or 0),
-            "columns": int(ds.get("Columns", 0) or 0),
+            "rows": _count(ds, "Rows"),
+            "columns": _count(ds, "Columns"),
         }
         if d.radiograph is None or heads is None:
             return RadiographFinding(**common, view=None, ap_probability=float("nan"), heads=(), error=d.error)

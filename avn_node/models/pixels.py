@@ -18,6 +18,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
+MIN_SIDE = 64
+"""Pixels: a stored image narrower or shorter than this holds no hip to read (and would break the crops)."""
 
 
 class PixelDecodeError(ValueError):
@@ -86,7 +88,8 @@ def presentation_values(ds: Dataset) -> np.ndarray:
     """Decoded pixels after the Modality and VOI LUTs, MONOCHROME1 inverted, colour reduced to luminance.
 
     Raises:
-        PixelDecodeError: no pixel data, several frames, or a codec failure (the message names it).
+        PixelDecodeError: no pixel data, several frames, a codec failure, or an image under :data:`MIN_SIDE`
+            pixels (the message names it).
     """
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise PixelDecodeError("the instance has no Pixel Data")
@@ -97,6 +100,9 @@ def presentation_values(ds: Dataset) -> np.ndarray:
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise PixelDecodeError(f"expected one frame, got Number of Frames {frames}")
+    if arr.ndim in (2, 3) and min(arr.shape[:2]) < MIN_SIDE:
+        rows, columns = arr.shape[:2]
+        raise PixelDecodeError(f"an image of {columns} x {rows} pixels is too small to analyse (minimum {MIN_SIDE})")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:
         # pydicom converts YBR to RGB; a radiograph stored in colour is grey in content

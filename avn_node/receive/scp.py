@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from sqlalchemy import select
@@ -30,6 +31,45 @@ from avn_node.store.models import Instance, InstanceState, Study, StudyState, ut
 
 log = logging.getLogger("avn_node.receive")
 
+UNDEFINED_LENGTH = 0xFFFFFFFF  # PS3.5 7.1.1
+CONTEXT_REJECTIONS = {  # Presentation Context Item results, PS3.8 9.3.3.2
+    0x01: "rejected by the node",
+    0x02: "no reason given",
+    0x03: "SOP class not supported",
+    0x04: "none of its transfer syntaxes is supported",
+}
+
+
+def cut_short(ds: Dataset) -> str:
+    """Where the header ends inside an element ("in (0010,0010): 2 of 14 bytes"), else "".
+
+    pydicom reads a cut-short element without complaint, so a header truncated there would look like one whose
+    later attributes are missing. Only the last element read can be short.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return ""
+    raw = ds.get_item(tags[-1])
+    if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != UNDEFINED_LENGTH:
+        if len(raw.value) < raw.length:
+            return f"in {raw.tag}: {len(raw.value)} of {raw.length} bytes"
+    return ""
+
+
+def _unlike_request(ds: Dataset, sop_class: str, sop: str) -> Refusal | None:
+    """A refusal when the data set's SOP Class or Instance UID is not the one the C-STORE request named (the
+    received file's File Meta holds the request's; PS3.7 9.3.1.1)."""
+    meta = ds.file_meta
+    requested_class = str(meta.get("MediaStorageSOPClassUID", "") or sop_class)
+    if requested_class != sop_class:
+        comment = f"SOP Class UID does not match the request: data set {sop_class}, request {requested_class}"
+        return Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, comment)
+    requested = str(meta.get("MediaStorageSOPInstanceUID", "") or sop)
+    if requested != sop:
+        comment = f"SOP Instance UID does not match the request: data set {sop}, request {requested}"
+        return Refusal(Status.CANNOT_UNDERSTAND, comment)
+    return None
+
 
 class Receiver:
     """Turns a received temp file into a stored instance and a committed row."""
@@ -41,7 +81,8 @@ class Receiver:
         self.kinds = analyzer_kinds(settings)
 
     def store(self, path: Path, calling_ae: str) -> Status | Refusal:
-        """Store the Part 10 file at ``path`` (it is moved); the status to answer."""
+        """Store the Part 10 file at ``path`` (moved into the store, or removed when those bytes are stored
+        already; left in place when refused); the status to answer."""
         security = self.settings.security
         data_dir = self.settings.node.data_dir
         free_mb = shutil.disk_usage(data_dir).free / 2**20
@@ -56,6 +97,9 @@ class Receiver:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - any parse failure is the peer's data
             return Refusal(Status.CANNOT_UNDERSTAND, f"header cannot be parsed: {type(exc).__name__}")
+        short = cut_short(ds)
+        if short:
+            return Refusal(Status.CANNOT_UNDERSTAND, f"header cut short {short}")
         try:
             sop = checked_uid(ds.get("SOPInstanceUID"), "SOP Instance UID")
             sop_class = checked_uid(ds.get("SOPClassUID"), "SOP Class UID")
@@ -63,6 +107,9 @@ class Receiver:
             series = checked_uid(ds.get("SeriesInstanceUID"), "Series Instance UID")
         except InvalidUidError as exc:
             return Refusal(Status.CANNOT_UNDERSTAND, str(exc))
+        mismatch = _unlike_request(ds, sop_class, sop)
+        if mismatch is not None:
+            return mismatch
         sha = sha256_of(path)
         kind = selecting_kind(self.kinds, ds)
         routed = kind is not None
@@ -72,6 +119,7 @@ class Receiver:
             ).all()
         if any(i.sha256 == sha for i in known):
             log.info("duplicate instance %s from %s: identical bytes, already stored", sop, calling_ae)
+            path.unlink()
             return Status.SUCCESS
         if known:
             log.warning("instance %s from %s: same SOP Instance UID, different bytes; both kept", sop, calling_ae)
@@ -198,6 +246,10 @@ def _association_handlers(settings: Settings, sessions: sessionmaker[Session]) -
         log.log(level, "association from %s %s", peer(event), what[event.event])
         if event.event == evt.EVT_ACCEPTED:
             _record(event, "association.accepted")
+            for cx in event.assoc.rejected_contexts:  # the sender cannot send these: say which and why
+                reason = CONTEXT_REJECTIONS.get(cx.result or 0, f"result {cx.result}")
+                log.warning("association from %s: presentation context for %s rejected (%s; proposed %s)",
+                            peer(event), cx.abstract_syntax, reason, ", ".join(cx.transfer_syntax) or "-")  # fmt: skip
         elif event.event == evt.EVT_REJECTED:
             _record(event, "association.rejected", what[event.event])
 

@@ -15,6 +15,7 @@ class Status(IntEnum):
     ELEMENTS_DISCARDED = 0xB006  # PS3.4 B.2.3 Warning
     DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007  # PS3.4 B.2.3 Warning
     OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3 Refused: Out of Resources
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # PS3.4 B.2.3 Error: Data Set does not match SOP Class
     CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3 Error: Cannot understand
 
 

@@ -90,3 +90,11 @@ def test_load_radiograph_of_non_dicom_names_the_reason(tmp_path: Path):
     junk.write_bytes(b"not dicom at all")
     with pytest.raises(PixelDecodeError, match="not a readable DICOM file"):
         load_radiograph(junk)
+
+
+def test_load_radiograph_of_an_image_too_small_for_a_hip_names_its_size():
+    ds = _uncompressed()
+    ds.Rows, ds.Columns = 1, 1
+    ds.PixelData = b"\x00\x10"
+    with pytest.raises(PixelDecodeError, match="1 x 1 pixels is too small"):
+        load_radiograph(ds)

@@ -61,7 +61,9 @@ class Node:
     idle_seconds: float = 4.0
     destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
     destinations_tls: bool = False
-    extra: str = ""
+    min_free_disk_mb: float = 1
+    extra: str = ""  # more [security] lines
+    sections: dict[str, str] = field(default_factory=dict)  # more lines per section, e.g. {"dispatch": "..."}
     env: dict[str, str] = field(default_factory=dict)  # e.g. AVN_FAULT
     process: subprocess.Popen | None = None
 
@@ -75,25 +77,17 @@ class Node:
 
     def write_config(self) -> None:
         data = self.root / "var"
-        text = f"""
-[node]
-ae_title = "AVN_NODE"
-host = "127.0.0.1"
-port = {self.port}
-data_dir = "{data}"
-[database]
-url = "sqlite:///{data}/avn-node.db"
-[pipeline]
-study_idle_seconds = {self.idle_seconds}
-[models]
-dir = "{WEIGHTS}"
-threads = 2
-[dispatch]
-retry_first_seconds = 1
-[security]
-min_free_disk_mb = 1
-{self.extra}
-"""
+        sections = {
+            "node": f'ae_title = "AVN_NODE"\nhost = "127.0.0.1"\nport = {self.port}\ndata_dir = "{data}"',
+            "database": f'url = "sqlite:///{data}/avn-node.db"',
+            "pipeline": f"study_idle_seconds = {self.idle_seconds}",
+            "models": f'dir = "{WEIGHTS}"\nthreads = 2',
+            "dispatch": "retry_first_seconds = 1",
+            "security": f"min_free_disk_mb = {self.min_free_disk_mb}\n{self.extra}",
+        }
+        for name, lines in self.sections.items():
+            sections[name] = f"{sections.get(name, '')}\n{lines}"
+        text = "".join(f"[{name}]\n{lines}\n" for name, lines in sections.items())
         for name, aet, port in self.destinations:
             text += f'[[destinations]]\nname = "{name}"\nae_title = "{aet}"\nhost = "127.0.0.1"\nport = {port}\n'
             text += "tls = true\n" if self.destinations_tls else ""

@@ -76,6 +76,26 @@ def test_store_answers_cannot_understand_for_unparsable_header(receiver: Receive
     assert isinstance(outcome, Refusal) and outcome.status == Status.CANNOT_UNDERSTAND
 
 
+def test_store_answers_cannot_understand_naming_the_element_where_the_header_is_cut(receiver, phantom_set):
+    source = sorted(phantom_set.rglob("AP.dcm"))[0]
+    data = source.read_bytes()
+    name = data.index(b"\x10\x00\x10\x00PN")  # Patient's Name, explicit VR
+    cut = receiver.settings.tmp_dir / "cut.dcm"
+    cut.write_bytes(data[: name + 10])
+    outcome = receiver.store(cut, "A")
+    assert isinstance(outcome, Refusal) and outcome.status == Status.CANNOT_UNDERSTAND
+    assert outcome.comment.startswith("header cut short in (0010,0010)")
+
+
+def test_store_answers_mismatch_when_the_data_set_names_another_sop_class_than_the_request(receiver, phantom_set):
+    ds = pydicom.dcmread(sorted(phantom_set.rglob("AP.dcm"))[0])
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # what the request said (DX)
+    ds.save_as(receiver.settings.tmp_dir / "other.dcm")
+    outcome = receiver.store(receiver.settings.tmp_dir / "other.dcm", "A")
+    assert isinstance(outcome, Refusal) and outcome.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "SOP Class UID does not match the request" in outcome.comment
+
+
 def test_store_keeps_non_radiograph_as_ignored(receiver: Receiver, phantom_set: Path):
     ds = pydicom.dcmread(sorted(phantom_set.rglob("AP.dcm"))[0])
     ds.Modality = "MR"
