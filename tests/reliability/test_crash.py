@@ -60,6 +60,13 @@ def _check_store(node: Node, sent: dict[Path, bool]) -> None:
     assert [p for p in (data / "tmp").rglob("*") if p.is_file()] == [], "temp debris"
 
 
+def settled(node: Node, db: sqlite3.Connection, instances: int) -> bool:
+    """``instances`` images analysed, no job open, no delivery pending."""
+    (covered,) = db.execute("SELECT COALESCE(SUM(analysed_instances), 0) FROM studies").fetchone()
+    (open_jobs,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()
+    return covered == instances and open_jobs == 0 and node.status()["deliveries"].get("pending", 0) == 0
+
+
 def _crash_and_recover(node: Node, fault: str, studies: list[list[Path]]) -> dict[Path, bool]:
     node.env = {"AVN_FAULT": fault}
     node.start()
@@ -91,13 +98,7 @@ def test_killed_at_a_fault_point_the_node_loses_nothing_and_duplicates_no_result
     sent = _crash_and_recover(node, fault, studies)
     assert all(sent.values()), "a file the modality sent again was not acknowledged"
     with sqlite3.connect(node.root / "var" / "avn-node.db") as db:
-
-        def settled() -> bool:
-            (covered,) = db.execute("SELECT COALESCE(SUM(analysed_instances), 0) FROM studies").fetchone()
-            (open_jobs,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()
-            return covered == len(sent) and open_jobs == 0 and node.status()["deliveries"].get("pending", 0) == 0
-
-        wait_for(settled, RESULTS_WAIT_S, "every image analysed and every result delivered")
+        wait_for(lambda: settled(node, db, len(sent)), RESULTS_WAIT_S, "every image analysed and every result sent")
         recorded = {uid for (uid,) in db.execute("SELECT sop_instance_uid FROM results")}
         per_version = db.execute(
             "SELECT COUNT(*) FROM results WHERE kind = 'sr' GROUP BY case_id, version, study_instance_uid"
