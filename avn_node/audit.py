@@ -3,7 +3,7 @@ DICOM audit messages (PS3.15 A.5: EventID, EventActionCode, EventOutcomeIndicato
 
 It subscribes to the node's events. Each line is appended with the file opened and closed again, so a
 logrotate that moves the file loses nothing and needs no signal. Patient names never appear; UIDs, AE titles,
-addresses and the configuration path do.
+addresses, the configuration path and, as the participant object of a stored instance, the Patient ID do.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ STUDY_DELETED = ("110105", "DICOM Study Deleted")
 USER_AUTHENTICATION = ("110114", "User Authentication")
 
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8  # EventOutcomeIndicator
+PERSON, PATIENT = 1, 1  # ParticipantObjectTypeCode, ParticipantObjectTypeCodeRole (PS3.15 A.5.2.5)
 
 # node event kind → (EventID, EventActionCode, outcome)
 AUDITED = {
@@ -59,8 +60,15 @@ class AuditLog:
             "EventTypeText": event.kind,
             "AuditSource": self.node,
             "ParticipantObject": event.subject,
-            "Detail": {k: v for k, v in event.data.items() if v not in ("", None)},
+            "Detail": {k: v for k, v in event.data.items() if v not in ("", None) and k != "patient_id"},
         }
+        if event.data.get("patient_id"):  # PS3.15 A.5.2.5: the patient as a participant object, by ID only
+            entry["ParticipantObjectPatient"] = {
+                "ParticipantObjectID": event.data["patient_id"],
+                "ParticipantObjectTypeCode": PERSON,
+                "ParticipantObjectTypeCodeRole": PATIENT,
+                "ParticipantObjectIDTypeCode": {"code": "2", "codingScheme": "RFC-3881", "meaning": "Patient Number"},
+            }
         if event.detail:
             entry["EventOutcomeDescription"] = event.detail
         line = json.dumps(entry, default=str) + "\n"

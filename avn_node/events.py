@@ -72,10 +72,15 @@ def _after_rollback(session: Session) -> None:
     session.info.pop(PENDING, None)
 
 
+NOT_LOGGED = frozenset({"patient_id"})
+"""Event fields kept out of the ordinary log (patient data: the database and the audit trail only)."""
+
+
 def _publish(event: NodeEvent) -> None:
     # DEBUG: each stage logs its own line for people; this one carries the fields for machines
+    fields = {k: v for k, v in event.data.items() if k not in NOT_LOGGED}
     log.debug("%s %s %s", event.kind, event.subject, event.detail,
-              extra={"event": event.kind, "subject": event.subject, **event.data})  # fmt: skip
+              extra={"event": event.kind, "subject": event.subject, **fields})  # fmt: skip
     for subscriber in list(_subscribers):
         try:
             subscriber(event)

@@ -148,6 +148,7 @@ class Receiver:
                         self._touch_study(session, ds, study)
                     emit(session, NodeEvent(f"instance.{row.state}", sop, data={
                         "study": study, "calling_ae_title": calling_ae, "bytes": size, "analyzer": row.analyzer,
+                        "patient_id": str(ds.get("PatientID", "")),
                     }))  # fmt: skip
                     session.commit()
                 break

@@ -233,5 +233,8 @@ def test_audit_log_records_associations_instances_and_deliveries_without_patient
     stored = next(e for e in entries if e["EventTypeText"] == "instance.accepted")
     assert stored["ParticipantObject"] == str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
     assert stored["Detail"]["calling_ae_title"] == "MODALITY"
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert stored["ParticipantObjectPatient"]["ParticipantObjectID"] == header.PatientID
+    assert "patient_id" not in stored["Detail"]
     name = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientName)
     assert name and name.split("^")[0] not in audit.read_text()
