@@ -383,6 +383,7 @@ def _peer(text: str, option: str, calling_aet: str):  # noqa: ANN202
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the node: SCP, grouping, analysis, reporting and dispatch in one process (DESIGN §3)."""
+    import logging
     import signal
     import ssl
     import threading
@@ -396,6 +397,10 @@ def serve(config: ConfigOption = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop accepting, finish the running job, exit
         signal.signal(sig, lambda *_: stop.set())
+    # logrotate's postrotate may send SIGHUP: the audit log is opened per line, so there is nothing to reopen,
+    # and the signal must not end the node (its default action)
+    signal.signal(signal.SIGHUP, lambda *_: logging.getLogger("avn_node").info(
+        "SIGHUP: nothing to reopen (the audit log is opened per line; logs go to stdout)"))  # fmt: skip
     try:
         run_node(settings, stop)
     except WeightsError as exc:

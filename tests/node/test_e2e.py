@@ -238,3 +238,9 @@ def test_audit_log_records_associations_instances_and_deliveries_without_patient
     assert "patient_id" not in stored["Detail"]
     name = str(pydicom.dcmread(files[0], stop_before_pixels=True).PatientName)
     assert name and name.split("^")[0] not in audit.read_text()
+    # logrotate: move the file, send SIGHUP; the node lives on and writes the next line to a new file
+    audit.rename(audit.with_name("audit.jsonl.1"))
+    node.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: nothing to reopen" in node.log.read_text(), 30, "the SIGHUP logged")
+    assert _echo(node.port, "MODALITY").returncode == 0 and node.process.poll() is None
+    wait_for(lambda: audit.exists() and '"association.accepted"' in audit.read_text(), 30, "a line in the new file")
