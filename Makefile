@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium openssl
-SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl
+SYSTEM_TOOLS := dciodvfy dcmdump storescu dsrdump Orthanc chromium openssl redis-server pg_isready
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl redis-server postgresql
 DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
-.PHONY: setup system-deps run viewer viewer-screenshots test test-fast fuzz weights ablation bench-phantom bench-inference bench-ingest bench-node bench bench-quick preview-readme preview-results clean
+.PHONY: setup system-deps run viewer viewer-screenshots test test-fast fuzz weights ablation bench-phantom bench-inference bench-ingest bench-node bench-scaleout bench bench-quick preview-readme preview-results clean
 
 setup: $(STAMP) system-deps
 
@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 
 # The real peers the tests use (Debian packages; needs root): dcmtk, dicom3tools, Orthanc with its DICOMweb
 # plugin, Chromium for the viewer test (the prebuilt OHIF viewer comes from the npm registry via npm), openssl
-# for the TLS tests' certificate authority.
+# for the TLS tests' certificate authority, redis-server and PostgreSQL for the scale-out tests.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	[ -f $(DICOMWEB_PLUGIN) ] || missing="$$missing orthanc-dicomweb"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
@@ -94,6 +95,10 @@ bench-quick: setup
 
 bench-node: setup
 	$(PY) -m benchmarks.node
+
+# serve + 1 and 2 Celery workers (Redis, PostgreSQL) against a local node, in one run (README "Scaling out").
+bench-scaleout: setup
+	$(PY) -m benchmarks.scaleout
 
 bench-ingest: setup
 	$(PY) -m benchmarks.ingest

@@ -412,6 +412,35 @@ def serve(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def worker(
+    config: ConfigOption = None,
+    name: Annotated[str | None, typer.Option(help="This worker's name on its host, stable across restarts (e.g. "
+                                                  "the systemd instance); default: its process id.")] = None,
+) -> None:
+    """A Celery worker for the analysis, report and dispatch stages ([queue] backend = "celery"; DESIGN §3)."""
+    from avn_node.logs import configure_logging
+    from avn_node.models.weights import WeightsError
+    from avn_node.serve import CeleryWorker
+    from avn_node.store.database import DatabaseNotReadyError
+
+    settings = _settings(config)
+    if settings.queue.backend != "celery":
+        typer.echo('Error: key "queue.backend": a worker needs backend = "celery" (with "local", serve analyses '
+                   "in its own process)", err=True)  # fmt: skip
+        raise typer.Exit(EXIT_USAGE)
+    configure_logging(settings.logging.level, settings.logging.json_logs)
+    try:
+        code = CeleryWorker(settings, name).run()
+    except WeightsError as exc:
+        typer.echo(f'Error: key "models.dir": {exc}', err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except DatabaseNotReadyError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EXIT_WORK_FAILED) from None
+    raise typer.Exit(code)
+
+
+@app.command()
 def echo(
     peer: Annotated[str, typer.Argument(help="AET@HOST:PORT")],
     calling_aet: Annotated[str, typer.Option(help="Our AE title.")] = "AVN_NODE",

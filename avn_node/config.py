@@ -173,8 +173,12 @@ def refused_values(settings: Settings) -> list[str]:
                 if getattr(security, key) and not Path(getattr(security, key)).is_file()]  # fmt: skip
     if security.tls_key and not security.tls_cert:
         problems.append("security.tls_key: set without security.tls_cert")
-    if settings.queue.backend != "local":
-        problems.append(f'queue.backend: "{settings.queue.backend}" {NOT_BUILT} (only "local")')
+    if settings.queue.backend == "celery":
+        if not settings.queue.broker_url:
+            problems.append('queue.broker_url: backend = "celery" needs the broker, e.g. "redis://127.0.0.1:6379/0"')
+        if make_url(settings.database.url).get_backend_name() == "sqlite":
+            problems.append('database.url: backend = "celery" needs one database that serve and every worker reach '
+                            '(PostgreSQL: "postgresql+psycopg://user@host/db"), not SQLite')  # fmt: skip
     problems += [f"reporting.{k}: {k} output {NOT_BUILT}" for k in ("gsps", "segmentation")
                  if getattr(settings.reporting, k)]  # fmt: skip
     if settings.dashboard != DashboardSettings():

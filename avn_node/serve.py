@@ -1,5 +1,11 @@
-"""The node: receiver, scheduler, a local worker and one dispatcher per destination, each in its own thread,
-owned by one :class:`Node` with ``start()`` and ``stop()`` (``avn-node serve`` adds the signal handling).
+"""The node's processes, each owned by one object with ``start()`` and ``stop()`` (the CLI adds the signal
+handling):
+
+- :class:`Node` (``avn-node serve``): receiver and scheduler, and with ``[queue] backend = "local"`` a worker and
+  one dispatcher per destination, each in a thread; with ``"celery"`` it sends the analysis jobs to the broker
+  instead (:class:`~avn_node.analyse.celery_queue.TaskSender`).
+- :class:`CeleryWorker` (``avn-node worker``): a Celery worker running the analysis jobs it is sent, and one
+  dispatcher per destination.
 
 Stopping stops accepting, lets the running job finish, and leaves everything else in the database, where the
 next start picks it up.
@@ -24,14 +30,14 @@ from avn_node.config import Settings
 from avn_node.dispatch.sender import Dispatcher, release_claims
 from avn_node.events import NodeEvent, emit_now, subscribe
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
+from avn_node.loops import Loops
 from avn_node.receive.scp import start_scp
-from avn_node.store.database import open_database
+from avn_node.store.database import connect, open_database
 from avn_node.store.files import LocalFileStore, remove_stale_temp_files
 from avn_node.store.models import utcnow
 from avn_node.store.retention import purge_older_than
 
 log = logging.getLogger("avn_node.serve")
-TICK_SECONDS = 0.5
 RETENTION_SWEEP_SECONDS = 24 * 3600
 STALE_TEMP_SECONDS = 600  # a shared temp file unwritten this long belongs to no receive still running
 
@@ -41,18 +47,27 @@ def worker_id(settings: Settings) -> str:
     return f"{socket.gethostname()}:{settings.node.port}:{settings.node.data_dir}"[:128]
 
 
-class Node:
-    """One running node over the database and file store of ``settings``."""
+def load_analyzers(settings: Settings) -> dict[str, Analyzer]:
+    """Every analyzer the configuration enables, loaded (models and all)."""
+    analyzers: dict[str, Analyzer] = {}
+    for kind in analyzer_kinds(settings):
+        analyzers[kind.name] = kind.load()
+        log.info("analyzer %s %s loaded", kind.name, analyzers[kind.name].version)
+    return analyzers
 
-    def __init__(self, settings: Settings) -> None:
+
+class _Process:
+    """What both processes share: the database, the file store, the job queue, the loops, the audit log, and
+    the wake-ups committed events give the loops."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
         self.settings = settings
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.server = None
+        self.loops = Loops()
         # Loops poll every tick; a committed event that means work for a loop wakes it at once.
         self.wake_worker, self.wake_dispatch = threading.Event(), threading.Event()
         self.unsubscribe = subscribe(self._wake)
         self.unsubscribe_audit: Callable[[], None] = lambda: None
+        self.name = name
 
     def _wake(self, event: NodeEvent) -> None:
         if event.kind in ("case.queued", "job.retry"):
@@ -60,81 +75,87 @@ class Node:
         elif event.kind in ("job.done", "delivery.retry"):
             self.wake_dispatch.set()
 
+    def _open(self, sessions) -> None:  # noqa: ANN001 - a sessionmaker
+        settings = self.settings
+        self.sessions = sessions
+        self.files = LocalFileStore(settings.node.data_dir)
+        self.queue = JobQueue(self.sessions, self.name, settings.queue.lease_seconds)
+        if settings.security.audit_log:
+            self.unsubscribe_audit = subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title))
+
+    def _reclaim(self) -> None:
+        """Re-queue this process's interrupted jobs and release its deliveries in doubt."""
+        if resumed := self.queue.reclaim():
+            log.info("resuming %d interrupted analysis jobs", resumed)
+        with self.sessions() as session:
+            if released := release_claims(session, self.queue.worker_id):
+                log.info("%d deliveries were being sent when the node stopped: in doubt, due now", released)
+
+    def _dispatch(self) -> None:
+        for destination in self.settings.destinations:
+            dispatcher = Dispatcher(self.settings, self.sessions, self.files, destination, self.queue.worker_id)
+            self.loops.spawn(f"dispatch-{destination.name}", dispatcher.run_once,
+                             f"dispatch to {destination.name}", self.wake_dispatch)  # fmt: skip
+
+    def _close(self) -> None:
+        self.unsubscribe()
+        self.unsubscribe_audit()
+
+
+class Node(_Process):
+    """``avn-node serve``: one running node over the database and file store of ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, worker_id(settings))
+        self.server = None
+        self.local = settings.queue.backend == "local"
+
     def start(self) -> None:
         """Migrate, load the analyzers, reclaim this node's interrupted jobs, then receive, schedule, analyse and
-        dispatch in the background."""
+        dispatch in the background (with Celery: receive, schedule and send the jobs to the broker)."""
         settings = self.settings
         settings.node.data_dir.mkdir(parents=True, exist_ok=True)
         own_tmp = settings.tmp_dir / re.sub(r"[^A-Za-z0-9.-]", "_", f"{socket.gethostname()}-{settings.node.port}")
         if stale := remove_stale_temp_files(own_tmp, 0) + remove_stale_temp_files(settings.tmp_dir, STALE_TEMP_SECONDS):
             log.info("removed %d temp files of receives cut short before this start", stale)
         configure_process(own_tmp)
-        self.sessions = open_database(settings.database.url)
-        self.files = LocalFileStore(settings.node.data_dir)
-        self.queue = JobQueue(self.sessions, worker_id(settings), settings.queue.lease_seconds)
-        analyzers: dict[str, Analyzer] = {}
-        if settings.pipeline.analyse:
-            for kind in analyzer_kinds(settings):
-                analyzers[kind.name] = kind.load()
-                log.info("analyzer %s %s loaded", kind.name, analyzers[kind.name].version)
-            if resumed := self.queue.reclaim():
-                log.info("resuming %d interrupted analysis jobs", resumed)
-        with self.sessions() as session:
-            if released := release_claims(session, self.queue.worker_id):
-                log.info("%d deliveries were being sent when the node stopped: in doubt, due now", released)
-        if settings.security.audit_log:
-            self.unsubscribe_audit = subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title))
+        self._open(open_database(settings.database.url))
+        analyzers = load_analyzers(settings) if settings.pipeline.analyse and self.local else {}
+        if self.local:
+            self._reclaim()
         emit_now(self.sessions, NodeEvent("node.started", settings.node.ae_title, data={
             "port": settings.node.port, "data_dir": str(settings.node.data_dir),
             "tls": bool(settings.security.tls_cert), "analyzers": sorted(analyzers),
-            "destinations": [d.name for d in settings.destinations],
+            "destinations": [d.name for d in settings.destinations], "queue": settings.queue.backend,
         }))  # fmt: skip
         self.server = start_scp(settings, self.sessions)
-        self._spawn("schedule", self._schedule)
+        self.loops.spawn("schedule", self._tick(), "scheduler tick", None if self.local else self.wake_worker)
         if analyzers:
             worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
-            self._spawn("analyse", lambda: self._loop(worker.run_next, "analysis", self.wake_worker))
-        for destination in settings.destinations:
-            dispatcher = Dispatcher(settings, self.sessions, self.files, destination, self.queue.worker_id)
-            self._spawn(f"dispatch-{destination.name}",
-                        lambda d=dispatcher: self._loop(d.run_once, f"dispatch to {d.destination.name}",
-                                                        self.wake_dispatch))  # fmt: skip
+            self.loops.spawn("analyse", worker.run_next, "analysis", self.wake_worker)
+        if self.local:
+            self._dispatch()
 
     def stop(self) -> None:
         """No new associations; the running job and sends finish; then every thread has ended."""
         log.info("stopping: no new associations; finishing the running job")
         if self.server is not None:
             self.server.shutdown()
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join()
+        self.loops.stop()
         if self.server is not None:
             emit_now(self.sessions, NodeEvent("node.stopped", self.settings.node.ae_title))
-        self.unsubscribe()
-        self.unsubscribe_audit()
+        self._close()
         log.info("stopped")
 
-    def _spawn(self, name: str, target) -> None:  # noqa: ANN001
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
-    def _loop(self, step, what: str, wake: threading.Event | None = None) -> None:  # noqa: ANN001
-        """Call ``step`` until stopping; right away again when it did work, else after a tick or a wake-up."""
-        while not self.stopping.is_set():
-            try:
-                if step():
-                    continue
-            except Exception:  # noqa: BLE001 - the database holds the work; the next tick tries again
-                log.exception("%s failed; retrying", what)
-            if wake is None:
-                self.stopping.wait(TICK_SECONDS)
-            elif wake.wait(TICK_SECONDS):
-                wake.clear()
-
-    def _schedule(self) -> None:
+    def _tick(self) -> Callable[[], bool]:
+        """The scheduler's step: retention sweep (daily), study timers, cases, and with Celery the tasks due."""
         next_sweep = time.monotonic()
         settings = self.settings
+        sender = None
+        if not self.local:
+            from avn_node.analyse.celery_queue import TaskSender
+
+            sender = TaskSender(settings, self.sessions)
 
         def tick() -> bool:
             nonlocal next_sweep
@@ -149,9 +170,55 @@ class Node:
                 if settings.pipeline.analyse:
                     schedule_cases(session, settings.pipeline)
                 session.commit()
+            if sender is not None:
+                sender.send_due()
             return False
 
-        self._loop(tick, "scheduler tick")
+        return tick
+
+
+class CeleryWorker(_Process):
+    """``avn-node worker``: runs the analysis tasks the broker hands it (one at a time, in this process) and
+    dispatches the results; ``name`` tells its jobs apart from other workers' (stable across restarts when
+    given, e.g. the systemd instance)."""
+
+    def __init__(self, settings: Settings, name: str | None = None) -> None:
+        from avn_node.analyse.celery_queue import worker_name
+
+        super().__init__(settings, worker_name(name))
+
+    def run(self) -> int:
+        """Load the analyzers, then consume tasks until Celery's warm shutdown (SIGTERM); its exit code."""
+        from avn_node.analyse.celery_queue import ANALYSE_TASK, DISPATCH_TASK, TASK_QUEUE, celery_app
+
+        settings = self.settings
+        self._open(connect(settings.database.url))
+        worker = Worker(settings, self.sessions, load_analyzers(settings), self.queue, self.files)
+        self._reclaim()
+        self._dispatch()
+        app = celery_app(settings)
+
+        @app.task(name=ANALYSE_TASK)
+        def analyse(job_id: int) -> None:
+            if not worker.run_next(job_id):
+                log.info("job %d: nothing to do (done, or held by another worker)", job_id)
+            elif settings.destinations:
+                app.send_task(DISPATCH_TASK, args=[job_id])  # wakes an idle worker's dispatchers
+
+        @app.task(name=DISPATCH_TASK)
+        def dispatch(job_id: int) -> None:  # noqa: ARG001 - the deliveries' rows say what to send
+            self.wake_dispatch.set()
+
+        log.info("worker %s ready for tasks on %s", self.name, settings.queue.broker_url)
+        consumer = app.Worker(pool_cls="solo", concurrency=1, hostname="@".join(reversed(self.name.split(":", 1))),
+                              queues=[TASK_QUEUE], without_gossip=True, without_mingle=True, loglevel="INFO",
+                              redirect_stdouts=False)  # fmt: skip
+        try:
+            consumer.start()
+        finally:
+            self.loops.stop()
+            self._close()
+        return consumer.exitcode or 0
 
 
 def serve(settings: Settings, stop: threading.Event) -> None:

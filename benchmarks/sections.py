@@ -167,3 +167,27 @@ def analysis(m: dict) -> list[str]:
         f"{_vs_aim(m['rss_peak_mib'], AIM_RSS_MIB, higher_is_better=False)} |"
     )
     return lines
+
+
+@renderer("scaleout")
+def scaleout(m: dict) -> list[str]:
+    lines = [
+        "## Scale-out (`make bench-scaleout`)",
+        "",
+        f"Measured {m['date']}: {m['studies_per_round']} fresh AP + FL studies of {m['size']}² per round, sent "
+        "back to back; from the first C-STORE to the last result sent to a storescp archive. Celery workers run "
+        "`threads = 1` each, the local node `threads = 2`; all on this machine's cores.",
+        "",
+        "| pipeline | studies/min | s per round | s sending | median s per job |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in m["rounds"].items():
+        lines.append(f"| {label} | {r['studies_per_min']} | {r['seconds']} | {r['send_seconds']} | "
+                     f"{r['job_seconds_median']} |")  # fmt: skip
+    stages = m["rounds"]["celery, 1 worker"].get("stage_seconds_median", {})
+    lines += ["", f"2 workers vs 1: {m['two_vs_one_worker']}×; 1 worker vs the local node: "
+              f"{m['one_worker_vs_local']}×."]  # fmt: skip
+    if stages:
+        lines += ["", "Median seconds per job and stage (one worker):", "", "| " + " | ".join(stages) + " |",
+                  "|" + "---|" * len(stages), "| " + " | ".join(map(str, stages.values())) + " |"]  # fmt: skip
+    return lines

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -15,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +24,9 @@ from avn_node.config import Settings
 from avn_node.phantom.generate import PhantomOptions, generate
 from avn_node.receive.scp import Receiver
 from avn_node.store.database import open_database
+
+if TYPE_CHECKING:
+    from tests.scaleout.servers import Postgres, Redis
 
 ALL_SYNTAXES = {"explicit": 1.0, "j2k": 1.0, "jpegls": 1.0, "jpeg-lossless": 1.0, "rle": 1.0}
 PHANTOM_SET_OPTIONS = PhantomOptions(studies=12, seed=12, syntax_mix=ALL_SYNTAXES, size_range=(600, 800))
@@ -294,3 +299,33 @@ def race_between_read_and_write(
         thread.join(60)
     assert not any(t.is_alive() for t in threads), "a claimer did not finish"
     return results
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[Redis]:
+    """redis-server on a free loopback port, without persistence."""
+    from tests.scaleout.servers import Redis
+
+    server = Redis(tmp_path / "redis")
+    server.root.mkdir()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster of its own on a free loopback port, with an empty database ``avn``."""
+    from tests.scaleout.servers import Postgres
+
+    # not under tmp_path: pytest makes that readable by the test's user only, and the server runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="avn-node-postgres-"))
+    server = Postgres(root)
+    try:
+        server.init()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

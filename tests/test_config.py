@@ -81,7 +81,6 @@ def test_config_embedded_default_points_at_the_checkout_from_any_directory(
 @pytest.mark.parametrize(
     ("toml", "key"),
     [
-        ('[queue]\nbackend = "celery"\n', "queue.backend"),
         ("[reporting]\ngsps = true\n", "reporting.gsps"),
         ("[reporting]\nsegmentation = true\n", "reporting.segmentation"),
         ("[dashboard]\nport = 9000\n", "dashboard"),
@@ -94,6 +93,19 @@ def test_cli_refuses_a_value_whose_feature_is_not_built_with_exit_2_naming_the_k
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert f"{key}:" in proc.stderr and "not implemented yet" in proc.stderr
+
+
+def test_cli_refuses_celery_on_sqlite_or_without_a_broker_with_exit_2_naming_the_key(tmp_path: Path):
+    config = tmp_path / "celery.toml"
+    config.write_text('[queue]\nbackend = "celery"\n[database]\nurl = "sqlite:///x.db"\n')
+    proc = subprocess.run([sys.executable, "-m", "avn_node", "worker", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "database.url:" in proc.stderr and "not SQLite" in proc.stderr
+    assert "queue.broker_url:" in proc.stderr
+    config.write_text('[queue]\nbackend = "celery"\nbroker_url = "redis://127.0.0.1:1/0"\n'
+                      '[database]\nurl = "postgresql+psycopg://avn@127.0.0.1:1/avn"\n')
+    assert load_settings(config).queue.backend == "celery"
 
 
 def test_config_refuses_missing_tls_files_and_a_key_without_a_certificate(tmp_path: Path):
@@ -112,3 +124,9 @@ def test_settings_are_frozen():
     s = load_settings(DEFAULT_CONFIG)
     with pytest.raises(ValidationError):
         s.node.port = 1
+
+
+def test_config_example_for_scale_out_loads_as_celery_on_postgresql():
+    settings = load_settings(DEFAULT_CONFIG.parent / "examples" / "scale-out.toml")
+    assert settings.queue.backend == "celery" and settings.queue.broker_url.startswith("redis://")
+    assert settings.database.url.startswith("postgresql+psycopg://")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import ColumnElement, Select, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.events import NodeEvent, emit
@@ -42,17 +42,18 @@ def mark_analysed(session: Session, case: Case, analysed: Iterable[Instance] | N
         study.analysed_instances = counts.get(study.study_instance_uid, 0)
 
 
-def claimable(session: Session) -> Select[tuple[int, str, int]]:
-    """The oldest job that is queued or whose lease ran out: (id, state, attempts)."""
-    now = utcnow()
-    query = (
-        select(Job.id, Job.state, Job.attempts)
-        .where((Job.state == JobState.QUEUED) | ((Job.state == JobState.RUNNING) & (Job.lease_until < now)))
-        .order_by(Job.id)
-        .limit(1)
-    )
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return (Job.state == JobState.QUEUED) | ((Job.state == JobState.RUNNING) & (Job.lease_until < now))
+
+
+def claimable(session: Session, job_id: int | None = None) -> Select[tuple[int, str, int]]:
+    """The oldest job (or job ``job_id``) that is queued or whose lease ran out: (id, state, attempts)."""
+    query = select(Job.id, Job.state, Job.attempts).where(_claimable(utcnow())).order_by(Job.id).limit(1)
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+        # the oldest free job: skip those another claimer holds; a named job: wait for whoever holds its row
+        query = query.with_for_update(skip_locked=job_id is None)
     return query
 
 
@@ -64,10 +65,11 @@ class JobQueue:
         self.worker_id = worker_id
         self.lease = timedelta(seconds=lease_seconds)
 
-    def claim(self) -> Job | None:
-        """Lease the oldest claimable job to this worker; a job past :data:`MAX_ATTEMPTS` is failed instead."""
+    def claim(self, job_id: int | None = None) -> Job | None:
+        """Lease the oldest claimable job (or job ``job_id``, if it is claimable) to this worker; a job past
+        :data:`MAX_ATTEMPTS` is failed instead."""
         with self.sessions() as session:
-            while (seen := session.execute(claimable(session)).first()) is not None:
+            while (seen := session.execute(claimable(session, job_id)).first()) is not None:
                 job_id, state, attempts = seen
                 if attempts >= MAX_ATTEMPTS:
                     job = session.get(Job, job_id)
@@ -114,7 +116,7 @@ class JobQueue:
             job = session.get(Job, job_id)
             assert job is not None
             state = JobState.QUEUED if job.attempts < MAX_ATTEMPTS else JobState.FAILED
-            values = {"state": state, "error": error[:2000], "lease_until": None}
+            values = {"state": state, "error": error[:2000], "lease_until": None, "enqueued_at": None}
             if state == JobState.FAILED:
                 values["finished_at"] = utcnow()
             if session.execute(self._held(job_id).values(**values)).rowcount != 1:
@@ -149,3 +151,24 @@ class JobQueue:
             ).rowcount  # fmt: skip
             session.commit()
         return reclaimed
+
+
+def unsent(session: Session, lease: timedelta, limit: int = 100) -> list[int]:
+    """Claimable jobs whose task is not (or may no longer be) with the broker: never sent, sent longer than a
+    lease ago, or sent before their lease ran out (their worker was lost). Oldest first."""
+    now = utcnow()
+    rows = session.scalars(
+        select(Job.id)
+        .where(_claimable(now),
+               Job.enqueued_at.is_(None) | (Job.enqueued_at < now - lease)
+               | (Job.lease_until.is_not(None) & (Job.enqueued_at < Job.lease_until)))
+        .order_by(Job.id)
+        .limit(limit)
+    )  # fmt: skip
+    return list(rows)
+
+
+def mark_sent(session: Session, job_ids: list[int], sent: bool = True) -> None:
+    """Record that tasks for ``job_ids`` go to the broker now (``sent=False``: that they did not go after all)."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow() if sent else None))

@@ -43,9 +43,9 @@ class Worker:
         self.settings, self.sessions, self.analyzers = settings, sessions, analyzers
         self.queue, self.files = queue, files
 
-    def run_next(self) -> bool:
-        """Claim and run one job; False when there was none."""
-        job = self.queue.claim()
+    def run_next(self, job_id: int | None = None) -> bool:
+        """Claim and run the oldest claimable job (or job ``job_id``); False when there was none to claim."""
+        job = self.queue.claim(job_id)
         if job is None:
             return False
         with self.sessions() as session:

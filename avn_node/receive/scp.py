@@ -16,7 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
@@ -30,6 +30,7 @@ from avn_node.store.files import InvalidUidError, LocalFileStore, checked_uid, i
 from avn_node.store.models import Instance, InstanceState, Study, StudyState, utcnow
 
 log = logging.getLogger("avn_node.receive")
+DATABASE_DOWN = (OperationalError, InterfaceError)  # no connection, or the server went away mid-transaction
 
 UNDEFINED_LENGTH = 0xFFFFFFFF  # PS3.5 7.1.1
 CONTEXT_REJECTIONS = {  # Presentation Context Item results, PS3.8 9.3.3.2
@@ -124,8 +125,6 @@ class Receiver:
         if known:
             log.warning("instance %s from %s: same SOP Instance UID, different bytes; both kept", sop, calling_ae)
         key = instance_key(study, series, sop, sha)
-        self.files.put(path, key)
-        fault_point("receive.after-rename")
         row = Instance(
             sop_instance_uid=sop,
             sop_class_uid=sop_class,
@@ -140,22 +139,15 @@ class Receiver:
             transfer_syntax_uid=str(ds.file_meta.get("TransferSyntaxUID", "")),
             calling_ae_title=calling_ae[:16],
         )
-        for attempt in range(3):
-            try:
-                with self.sessions() as session:
-                    session.add(row)
-                    if routed:
-                        self._touch_study(session, ds, study)
-                    emit(session, NodeEvent(f"instance.{row.state}", sop, data={
-                        "study": study, "calling_ae_title": calling_ae, "bytes": size, "analyzer": row.analyzer,
-                        "patient_id": str(ds.get("PatientID", "")),
-                    }))  # fmt: skip
-                    session.commit()
-                break
-            except IntegrityError:  # two associations created the same study at once: the row exists now
-                if attempt == 2:
-                    raise
-                row = Instance(**{c.key: getattr(row, c.key) for c in Instance.__table__.columns if c.key != "id"})
+        new_file = not self.files.exists(key)
+        self.files.put(path, key)
+        fault_point("receive.after-rename")
+        try:
+            self._record(row, ds)
+        except DATABASE_DOWN:
+            if new_file:  # no row refers to it, and the sender sends it again
+                self.files.delete(key)
+            raise
         fault_point("receive.after-commit")
         outcome = f"accepted for the {kind.name} analyzer" if kind is not None else (
             f"ignored: no analyzer selects SOP class {sop_class}, modality {ds.get('Modality', '')!r}, "
@@ -163,6 +155,25 @@ class Receiver:
         )  # fmt: skip
         log.info("stored %s of study %s from %s (%s)", sop, study, calling_ae, outcome)
         return Status.SUCCESS
+
+    def _record(self, row: Instance, ds: Dataset) -> None:
+        """Commit the instance row, its study's timers (when routed) and its event."""
+        for attempt in range(3):
+            try:
+                with self.sessions() as session:
+                    session.add(row)
+                    if row.state == InstanceState.ACCEPTED:
+                        self._touch_study(session, ds, row.study_instance_uid)
+                    emit(session, NodeEvent(f"instance.{row.state}", row.sop_instance_uid, data={
+                        "study": row.study_instance_uid, "calling_ae_title": row.calling_ae_title,
+                        "bytes": row.size_bytes, "analyzer": row.analyzer, "patient_id": str(ds.get("PatientID", "")),
+                    }))  # fmt: skip
+                    session.commit()
+                return
+            except IntegrityError:  # two associations created the same study at once: the row exists now
+                if attempt == 2:
+                    raise
+                row = Instance(**{c.key: getattr(row, c.key) for c in Instance.__table__.columns if c.key != "id"})
 
     @staticmethod
     def _touch_study(session: Session, ds: Dataset, uid: str) -> None:
@@ -192,6 +203,8 @@ class Receiver:
         data = {"status": int(refusal.status), "calling_ae_title": event.assoc.requestor.ae_title}
         try:
             emit_now(self.sessions, NodeEvent("instance.refused", sop, refusal.comment, data))
+        except DATABASE_DOWN:
+            log.warning("the refusal of %s is not in the database: it is unavailable", sop)
         except Exception:  # noqa: BLE001 - the refusal is answered and logged either way
             log.exception("could not record the refusal of %s", sop)
 
@@ -202,6 +215,10 @@ class Receiver:
         fault_point("receive.after-temp")
         try:
             outcome = self.store(path, calling)
+        except DATABASE_DOWN as exc:
+            log.error("could not record an instance from %s: database unavailable (%s)", calling,
+                      str(exc).splitlines()[0])  # fmt: skip
+            outcome = Refusal(Status.OUT_OF_RESOURCES, "database unavailable")
         except Exception:  # noqa: BLE001 - never acknowledge what was not recorded
             log.exception("could not record an instance from %s", calling)
             outcome = Refusal(Status.PROCESSING_FAILURE, "the node could not record the instance")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,10 +11,11 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from avn_node.analyse.queue import JobQueue
+from avn_node.analyse.queue import JobQueue, mark_sent, unsent
 from avn_node.store.database import open_database
 from avn_node.store.models import Case, Job, JobState, utcnow
 from tests.conftest import race_between_read_and_write
+from tests.scaleout.servers import Postgres
 
 
 @pytest.fixture
@@ -95,3 +97,50 @@ def test_one_job_per_case_version(sessions: sessionmaker[Session]):
     with sessions() as s, pytest.raises(IntegrityError):
         s.add(Job(case_id=_job(sessions).case_id, version=1))
         s.commit()
+
+
+def test_unsent_lists_new_failed_and_lost_jobs_and_not_those_at_the_broker(sessions: sessionmaker[Session]):
+    lease = timedelta(seconds=600)
+    with sessions() as s:
+        assert unsent(s, lease) == [1]  # new
+        mark_sent(s, [1])
+        s.commit()
+        assert unsent(s, lease) == []  # its task is with the broker
+    a = JobQueue(sessions, "a", 600)
+    job = a.claim(1)
+    assert job is not None and a.fail(job.id, "boom") == JobState.QUEUED
+    with sessions() as s:
+        assert unsent(s, lease) == [1]  # re-queued after a failure: sent again at once
+        now = utcnow()  # sent, claimed, and its lease ran out a second ago
+        s.execute(update(Job).values(state=JobState.RUNNING, enqueued_at=now - timedelta(seconds=60),
+                                     lease_until=now - timedelta(seconds=1)))  # fmt: skip
+        s.commit()
+        assert unsent(s, lease) == [1]  # its worker was lost: the lease ran out after the task was sent
+        mark_sent(s, [1])
+        s.commit()
+        assert unsent(s, lease) == []
+
+
+@pytest.mark.peers
+def test_on_postgresql_a_named_claim_waits_for_a_locked_row_and_the_oldest_free_claim_skips_it(
+    postgres: Postgres,
+):
+    sessions = open_database(postgres.url)
+    with sessions() as s:
+        case = Case(patient_id="P", version=1)
+        s.add(case)
+        s.flush()
+        s.add_all([Job(case_id=case.id, version=1), Job(case_id=case.id, version=2)])
+        s.commit()
+    sender = sessions()
+    mark_sent(sender, [1])  # the task sender's transaction holds job 1's row
+    assert JobQueue(sessions, "a", 600).claim().id == 2  # skipped, not waited for
+    named: list[Job | None] = []
+    claimer = threading.Thread(target=lambda: named.append(JobQueue(sessions, "b", 600).claim(1)))
+    claimer.start()
+    claimer.join(1.0)
+    assert claimer.is_alive(), "the named claim did not wait for the lock"
+    sender.commit()
+    sender.close()
+    claimer.join(30)
+    assert named and named[0] is not None and named[0].worker_id == "b"

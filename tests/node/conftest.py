@@ -65,6 +65,7 @@ class Node:
     extra: str = ""  # more [security] lines
     sections: dict[str, str] = field(default_factory=dict)  # more lines per section, e.g. {"dispatch": "..."}
     env: dict[str, str] = field(default_factory=dict)  # e.g. AVN_FAULT
+    database_url: str = ""  # default: SQLite in the data folder
     process: subprocess.Popen | None = None
 
     @property
@@ -79,7 +80,7 @@ class Node:
         data = self.root / "var"
         sections = {
             "node": f'ae_title = "AVN_NODE"\nhost = "127.0.0.1"\nport = {self.port}\ndata_dir = "{data}"',
-            "database": f'url = "sqlite:///{data}/avn-node.db"',
+            "database": f'url = "{self.database_url or f"sqlite:///{data}/avn-node.db"}"',
             "pipeline": f"study_idle_seconds = {self.idle_seconds}",
             "models": f'dir = "{WEIGHTS}"\nthreads = 2',
             "dispatch": "retry_first_seconds = 1",
