@@ -89,7 +89,12 @@ class Worker:
 
     def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self.queue.lease.total_seconds() / 3):
-            if not self.queue.heartbeat(job_id):
+            try:
+                held = self.queue.heartbeat(job_id)
+            except Exception as exc:  # noqa: BLE001 - the database is away: try again at the next beat
+                log.warning("job %d: lease not renewed (%s); trying again", job_id, type(exc).__name__)
+                continue
+            if not held:
                 log.warning("job %d: lease lost to another worker; its results will not be recorded here", job_id)
                 return
 
