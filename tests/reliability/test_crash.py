@@ -99,16 +99,25 @@ def test_killed_at_a_fault_point_the_node_loses_nothing_and_duplicates_no_result
     assert all(sent.values()), "a file the modality sent again was not acknowledged"
     with sqlite3.connect(node.root / "var" / "avn-node.db") as db:
         wait_for(lambda: settled(node, db, len(sent)), RESULTS_WAIT_S, "every image analysed and every result sent")
-        recorded = {uid for (uid,) in db.execute("SELECT sop_instance_uid FROM results")}
-        per_version = db.execute(
-            "SELECT COUNT(*) FROM results WHERE kind = 'sr' GROUP BY case_id, version, study_instance_uid"
-        ).fetchall()
+        recorded, redelivered = check_results(db, archive)
     _check_store(node, sent)
-    assert len(recorded) >= _expected_results(studies)
+    assert recorded >= _expected_results(studies)
+    record_property("re-deliveries", redelivered)  # same UID again (no C-FIND here)
+
+
+def check_results(db: sqlite3.Connection, archive: Archive) -> tuple[int, int]:
+    """No failed job, one SR per study and version, and the archive holding exactly the result UIDs recorded;
+    the number of results and of re-deliveries (a UID the archive received again)."""
+    recorded = {uid for (uid,) in db.execute("SELECT sop_instance_uid FROM results")}
+    per_version = db.execute(
+        "SELECT COUNT(*) FROM results WHERE kind = 'sr' GROUP BY case_id, version, study_instance_uid"
+    ).fetchall()
+    (failed,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'failed'").fetchone()
+    assert failed == 0
     assert set(per_version) == {(1,)}, "two SRs for one study and version"
     delivered = Counter(_uid(p) for p in archive.files())
     assert set(delivered) == recorded, "the archive holds a result UID the node did not record, or lacks one"
-    record_property("re-deliveries", sum(delivered.values()) - len(delivered))  # same UID again (no C-FIND here)
+    return len(recorded), sum(delivered.values()) - len(delivered)
 
 
 def _uid(path: Path) -> str:
