@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -116,15 +116,44 @@ class DashboardSettings(_Section):
     token: str = ""
 
 
+DIMSE_ONLY = ("ae_title", "host", "port", "tls")
+STOW_ONLY = ("url", "token", "username", "password", "ca_bundle")
+
+
 class Destination(_Section):
-    """One archive results are sent to (C-STORE SCU)."""
+    """One archive results are sent to: by C-STORE (``kind = "dimse"``) or by DICOMweb STOW-RS (``"stow-rs"``)."""
 
     name: str
-    ae_title: AETitle
-    host: str
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "stow-rs"] = "dimse"
+    ae_title: AETitle | None = None
+    host: str = ""
+    port: int | None = Field(None, ge=1, le=65535)
     calling_ae_title: AETitle = "AVN_NODE"
     tls: bool = False
+    url: str = ""  # the DICOMweb service root, e.g. https://pacs.example.org/dicom-web
+    token: str = ""  # bearer token …
+    username: str = ""  # … or basic credentials
+    password: str = ""
+    verify_tls: bool = True
+    ca_bundle: str = ""  # PEM of the certificate authorities to trust instead of the system's
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> Destination:
+        if self.kind == "dimse":
+            if missing := [k for k in ("ae_title", "host", "port") if not getattr(self, k)]:
+                raise ValueError(f'kind = "dimse" needs {", ".join(missing)}')
+            if stray := [k for k in STOW_ONLY if getattr(self, k)]:
+                raise ValueError(f'{", ".join(stray)}: only for kind = "stow-rs"')
+            return self
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError('kind = "stow-rs" needs url = "http(s)://…" (the DICOMweb service root)')
+        if stray := [k for k in DIMSE_ONLY if getattr(self, k)]:
+            raise ValueError(f'{", ".join(stray)}: only for kind = "dimse"')
+        if self.token and self.username:
+            raise ValueError("token or username/password, not both")
+        if bool(self.username) != bool(self.password):
+            raise ValueError("username and password go together")
+        return self
 
 
 class Settings(BaseSettings):
@@ -171,6 +200,8 @@ def refused_values(settings: Settings) -> list[str]:
     security = settings.security
     problems = [f"security.{key}: no such file {getattr(security, key)}" for key in ("tls_cert", "tls_key", "tls_ca")
                 if getattr(security, key) and not Path(getattr(security, key)).is_file()]  # fmt: skip
+    problems += [f"destinations.{d.name}.ca_bundle: no such file {d.ca_bundle}" for d in settings.destinations
+                 if d.ca_bundle and not Path(d.ca_bundle).is_file()]  # fmt: skip
     if security.tls_key and not security.tls_cert:
         problems.append("security.tls_key: set without security.tls_cert")
     if settings.queue.backend == "celery":
@@ -210,6 +241,9 @@ def _resolve_against(raw: dict[str, Any], base: Path) -> dict[str, Any]:
                                   ("security", "audit_log", _resolved_path)):  # fmt: skip
         if isinstance(out.get(section), dict) and key in out[section]:
             out[section][key] = resolve(out[section][key], base)
+    for destination in out.get("destinations") or []:
+        if isinstance(destination, dict) and destination.get("ca_bundle"):
+            destination["ca_bundle"] = _resolved_path(destination["ca_bundle"], base)
     return out
 
 

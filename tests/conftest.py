@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -37,6 +38,8 @@ DCMTK_TIMEOUTS = ["-to", "30", "-ta", "30", "-td", "60"]
 DCMTK_SCP_TIMEOUTS = ["-ta", "30", "-td", "60"]
 STORESCU_TIMEOUT_S = 300  # the whole call, as a last resort
 
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb
 
 PROGRESS_LOG = os.environ.get("AVN_TEST_PROGRESS")
 """When set, a file where each test's start and end are appended as they happen (.ci/run reads it to name
@@ -209,32 +212,39 @@ def _restore_torch_globals() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class OrthancServer:
-    """A running Orthanc on loopback: DICOM ``aet@127.0.0.1:dicom_port``, REST on ``http_port``."""
+    """A running Orthanc on loopback: DICOM ``aet@127.0.0.1:dicom_port``, REST on ``http_port`` (with basic
+    ``auth`` when it has users)."""
 
     aet: str
     dicom_port: int
     http_port: int
+    auth: tuple[str, str] | None = None
+
+    def _request(self, path: str, body: object = None) -> bytes:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         method="GET" if body is None else "POST")  # fmt: skip
+        if self.auth is not None:
+            token = base64.b64encode(":".join(self.auth).encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read()
 
     def read(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
-            return response.read()
+        return self._request(path)
 
     def get(self, path: str) -> object:
         return json.loads(self.read(path))
 
     def post(self, path: str, body: object) -> object:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return json.loads(self._request(path, body))
 
 
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
-    """A fresh Orthanc archive (Debian package) accepting any caller, stopped after the test."""
+def _orthanc(tmp_path: Path, dicomweb_user: tuple[str, str] | None = None) -> Iterator[OrthancServer]:
+    """A fresh Orthanc archive (Debian package) accepting any DICOM caller; with ``dicomweb_user`` also its
+    DICOMweb plugin at ``/dicom-web/``, and every HTTP request needs that user."""
     binary = require_tool("Orthanc")
-    server = OrthancServer("ARCHIVE", *free_ports(2))
+    server = OrthancServer("ARCHIVE", *free_ports(2), auth=dicomweb_user)
     config = {
         "Name": "avn-node test archive",
         "StorageDirectory": str(tmp_path / "orthanc-db"),
@@ -243,12 +253,16 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
         "DicomPort": server.dicom_port,
         "HttpPort": server.http_port,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": dicomweb_user is not None,
         "DicomAlwaysAllowStore": True,
         "DicomAlwaysAllowFind": True,
         "DicomCheckCalledAet": False,
         "Plugins": [],
     }
+    if dicomweb_user is not None:
+        config["Plugins"] = [require_file(DICOMWEB_PLUGIN)]
+        config["RegisteredUsers"] = dict([dicomweb_user])
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     config_path = tmp_path / "orthanc.json"
     config_path.write_text(json.dumps(config))
     proc = subprocess.Popen([binary, str(config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -269,6 +283,25 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A fresh Orthanc archive accepting any caller, stopped after the test."""
+    yield from _orthanc(tmp_path)
+
+
+@pytest.fixture
+def orthanc_dicomweb(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A fresh Orthanc with its DICOMweb plugin, HTTP only for the user ``avn`` (password ``secret``)."""
+    yield from _orthanc(tmp_path, ("avn", "secret"))
+
+
+def require_file(path: Path) -> str:
+    """A file a Debian package installs (the Makefile installs them), or the test run fails saying so."""
+    if not path.is_file():
+        pytest.fail(f"{path} not found: run the tests through `make test`, which installs it")
+    return str(path)
 
 
 def race_between_read_and_write(

@@ -130,3 +130,33 @@ def test_config_example_for_scale_out_loads_as_celery_on_postgresql():
     settings = load_settings(DEFAULT_CONFIG.parent / "examples" / "scale-out.toml")
     assert settings.queue.backend == "celery" and settings.queue.broker_url.startswith("redis://")
     assert settings.database.url.startswith("postgresql+psycopg://")
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        ('name = "a"\nae_title = "A"\nhost = "h"', 'kind = "dimse" needs port'),
+        ('name = "a"\nae_title = "A"\nhost = "h"\nport = 104\nurl = "http://x"', 'url: only for kind = "stow-rs"'),
+        ('name = "a"\nkind = "stow-rs"', 'needs url = "http(s)://'),
+        ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\nhost = "h"', 'host: only for kind = "dimse"'),
+        ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\ntoken = "t"\nusername = "u"\npassword = "p"', "not both"),
+        ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\nusername = "u"', "go together"),
+    ],
+)
+def test_config_refuses_a_destination_with_fields_of_another_kind(tmp_path: Path, destination: str, message: str):
+    config = tmp_path / "dest.toml"
+    config.write_text(f"[[destinations]]\n{destination}\n")
+    with pytest.raises(ConfigError, match=r"destinations\.0") as refused:
+        load_settings(config)
+    assert message in str(refused.value)
+
+
+def test_config_resolves_a_stow_destinations_ca_bundle_against_the_file_and_refuses_a_missing_one(tmp_path: Path):
+    config = tmp_path / "web.toml"
+    config.write_text('[[destinations]]\nname = "web"\nkind = "stow-rs"\nurl = "https://pacs/dicom-web"\n'
+                      'token = "t"\nca_bundle = "ca.pem"\n')  # fmt: skip
+    with pytest.raises(ConfigError, match=r"destinations\.web\.ca_bundle: no such file .*ca\.pem"):
+        load_settings(config)
+    (tmp_path / "ca.pem").write_text("pem")
+    (web,) = load_settings(config).destinations
+    assert web.ca_bundle == str(tmp_path / "ca.pem") and web.verify_tls and web.kind == "stow-rs"

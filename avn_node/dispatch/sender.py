@@ -1,4 +1,5 @@
-"""C-STORE SCU to each destination, from the stored result files; attempts and next-attempt time are columns.
+"""Results to each destination from the stored result files — C-STORE SCU here, STOW-RS in :mod:`.stow` —
+with attempts and next-attempt time as columns.
 
 Back-off: ``retry_first_seconds`` doubling per attempt up to ``retry_max_seconds``; after ``give_up_hours``
 since the delivery was created it is dead-lettered (``avn-node deliveries retry`` re-queues it).
@@ -11,6 +12,7 @@ import ssl
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.association import DEFAULT_TIMEOUT_SECONDS, client_tls, scu_ae
 from avn_node.config import Destination, DispatchSettings, Settings
+from avn_node.dispatch import stow
 from avn_node.events import NodeEvent, emit
 from avn_node.faults import fault_point
 from avn_node.receive.statuses import STORED
@@ -156,7 +159,13 @@ class Dispatcher:
                  destination: Destination, owner: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
         self.settings, self.sessions, self.files = settings, sessions, files
         self.destination, self.owner, self.timeout = destination, owner, timeout
-        self.tls = client_tls(settings.security) if destination.tls else None
+        if destination.kind == "stow-rs":
+            self.send = partial(stow.send_files, destination, timeout=timeout)
+            self.held = partial(stow.held_by, destination, timeout=timeout)
+        else:
+            tls = client_tls(settings.security) if destination.tls else None
+            self.send = partial(send_files, destination, timeout=timeout, tls=tls)
+            self.held = partial(held_by, destination, timeout=timeout, tls=tls)
 
     def claim(self) -> list[Claimed]:
         """The due deliveries this dispatcher now holds."""
@@ -200,7 +209,7 @@ class Dispatcher:
                  for c in doubtful}  # fmt: skip
         to_send = [c for c in claimed if not c.purged and (held is None or c.key not in held)]
         paths = {c.key: self.files.local_path(c.key) for c in to_send}
-        outcome = send_files(self.destination, list(paths.values()), self.timeout, self.tls) if paths else {}
+        outcome = self.send(list(paths.values())) if paths else {}
         fault_point("dispatch.after-send")
         errors = {key: outcome[path] for key, path in paths.items()}
         errors.update({c.key: "" for c in doubtful if held and c.key in held})
@@ -215,10 +224,10 @@ class Dispatcher:
                 by_uid[c.key] = pydicom.dcmread(self.files.local_path(c.key), stop_before_pixels=True)
             except Exception:  # noqa: BLE001 - an unreadable file is re-sent and fails there, with its reason
                 continue
-        found = held_by(self.destination, list(by_uid.values()), self.timeout, self.tls)
+        found = self.held(list(by_uid.values()))
         if found is None:
-            log.warning("%s answers no C-FIND: %d results in doubt are sent again", self.destination.name,
-                        len(doubtful))  # fmt: skip
+            log.warning("%s cannot be asked (%s): %d results in doubt are sent again", self.destination.name,
+                        "QIDO-RS" if self.destination.kind == "stow-rs" else "C-FIND", len(doubtful))  # fmt: skip
             return None
         return {key for key, ds in by_uid.items() if str(ds.SOPInstanceUID) in found}
 

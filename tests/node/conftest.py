@@ -66,6 +66,7 @@ class Node:
     sections: dict[str, str] = field(default_factory=dict)  # more lines per section, e.g. {"dispatch": "..."}
     env: dict[str, str] = field(default_factory=dict)  # e.g. AVN_FAULT
     database_url: str = ""  # default: SQLite in the data folder
+    tail: str = ""  # TOML appended last, e.g. a [[destinations]] of another kind
     process: subprocess.Popen | None = None
 
     @property
@@ -92,7 +93,7 @@ class Node:
         for name, aet, port in self.destinations:
             text += f'[[destinations]]\nname = "{name}"\nae_title = "{aet}"\nhost = "127.0.0.1"\nport = {port}\n'
             text += "tls = true\n" if self.destinations_tls else ""
-        self.config.write_text(text)
+        self.config.write_text(text + self.tail)
 
     def start(self) -> None:
         self.write_config()
