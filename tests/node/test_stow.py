@@ -46,6 +46,8 @@ def test_a_refused_stow_is_recorded_with_its_http_status_and_retried_with_back_o
     assert storescu(node.port, _three_studies(phantom_set)[0]).returncode == 0
     wait_for(lambda: "HTTP 401" in node.log.read_text(), WAIT_S, "the refusal in the log")
     with sqlite3.connect(node.root / "var" / "avn-node.db") as db:
+        tried_again = "SELECT MIN(attempts) >= 2 FROM deliveries WHERE state = 'pending'"
+        wait_for(lambda: db.execute(tried_again).fetchone()[0] == 1, WAIT_S, "a second attempt after 1 s")
         errors = {e for (e,) in db.execute("SELECT last_error FROM deliveries")}
         assert errors == {"not stored: HTTP 401 Unauthorized"}, errors
     assert orthanc_dicomweb.get("/instances") == []
