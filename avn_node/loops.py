@@ -1,5 +1,6 @@
 """The background loops of a node process: a step called until stopping, at once again when it did work,
-else after a tick or when woken; a failing step is logged once per run of failures, and retried."""
+else after a tick (or the wait the loop asks for) or when woken; a failing step is logged once per run of
+failures, and retried every tick."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ class Loops:
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def spawn(self, name: str, step: Callable[[], bool], what: str, wake: threading.Event | None = None) -> None:
-        """Run ``step`` (True: it did work) in a thread of its own until :meth:`stop`."""
-        thread = threading.Thread(target=self._loop, args=(step, what, wake), name=name, daemon=True)
+    def spawn(self, name: str, step: Callable[[], bool], what: str, wake: threading.Event | None = None,
+              wait: Callable[[], float] | None = None) -> None:  # fmt: skip
+        """Run ``step`` (True: it did work) in a thread of its own until :meth:`stop`; between idle steps wait
+        ``wait()`` seconds (default a tick) or until ``wake`` is set."""
+        thread = threading.Thread(target=self._loop, args=(step, what, wake, wait), name=name, daemon=True)
         thread.start()
         self.threads.append(thread)
 
@@ -30,7 +33,8 @@ class Loops:
         for thread in self.threads:
             thread.join()
 
-    def _loop(self, step: Callable[[], bool], what: str, wake: threading.Event | None) -> None:
+    def _loop(self, step: Callable[[], bool], what: str, wake: threading.Event | None,
+              wait: Callable[[], float] | None) -> None:  # fmt: skip
         failing = False
         while not self.stopping.is_set():
             try:
@@ -45,7 +49,8 @@ class Loops:
                 failing = False
                 if did_work:
                     continue
+            seconds = TICK_SECONDS if wait is None or failing else wait()
             if wake is None:
-                self.stopping.wait(TICK_SECONDS)
-            elif wake.wait(TICK_SECONDS):
+                self.stopping.wait(seconds)
+            elif wake.wait(seconds):
                 wake.clear()

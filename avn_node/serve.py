@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from avn_node.analyse.analyzers import Analyzer, analyzer_kinds
@@ -29,7 +30,7 @@ from avn_node.audit import AuditLog
 from avn_node.config import Settings
 from avn_node.dispatch.sender import Dispatcher, release_claims
 from avn_node.events import NodeEvent, emit_now, subscribe
-from avn_node.group.scheduler import close_stable_studies, schedule_cases
+from avn_node.group.scheduler import close_stable_studies, next_deadline, schedule_cases
 from avn_node.loops import Loops
 from avn_node.receive.scp import start_scp
 from avn_node.store.database import connect, open_database
@@ -39,6 +40,7 @@ from avn_node.store.retention import purge_older_than
 
 log = logging.getLogger("avn_node.serve")
 RETENTION_SWEEP_SECONDS = 24 * 3600
+MAX_WAIT_S = 1.0  # the scheduler's longest sleep: a busy case's next version, expired leases, the daily sweep
 STALE_TEMP_SECONDS = 600  # a shared temp file unwritten this long belongs to no receive still running
 
 
@@ -65,6 +67,7 @@ class _Process:
         self.loops = Loops()
         # Loops poll every tick; a committed event that means work for a loop wakes it at once.
         self.wake_worker, self.wake_dispatch = threading.Event(), threading.Event()
+        self.wake_schedule = threading.Event()
         self.unsubscribe = subscribe(self._wake)
         self.unsubscribe_audit: Callable[[], None] = lambda: None
         self.name = name
@@ -72,8 +75,10 @@ class _Process:
     def _wake(self, event: NodeEvent) -> None:
         if event.kind in ("case.queued", "job.retry"):
             self.wake_worker.set()
-        elif event.kind in ("job.done", "delivery.retry"):
+        if event.kind in ("job.done", "delivery.retry"):
             self.wake_dispatch.set()
+        if event.kind in ("study.receiving", "study.reopened", "job.done", "job.failed", "job.retry"):
+            self.wake_schedule.set()  # a new completion deadline, or a case free for its next version
 
     def _open(self, sessions) -> None:  # noqa: ANN001 - a sessionmaker
         settings = self.settings
@@ -129,7 +134,8 @@ class Node(_Process):
             "destinations": [d.name for d in settings.destinations], "queue": settings.queue.backend,
         }))  # fmt: skip
         self.server = start_scp(settings, self.sessions)
-        self.loops.spawn("schedule", self._tick(), "scheduler tick", None if self.local else self.wake_worker)
+        tick, wait = self._tick()
+        self.loops.spawn("schedule", tick, "scheduler tick", self.wake_schedule, wait)
         if analyzers:
             worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
             self.loops.spawn("analyse", worker.run_next, "analysis", self.wake_worker)
@@ -147,9 +153,11 @@ class Node(_Process):
         self._close()
         log.info("stopped")
 
-    def _tick(self) -> Callable[[], bool]:
-        """The scheduler's step: retention sweep (daily), study timers, cases, and with Celery the tasks due."""
+    def _tick(self) -> tuple[Callable[[], bool], Callable[[], float]]:
+        """The scheduler's step — retention sweep (daily), study timers, cases, and with Celery the tasks due —
+        and how long to wait after it: until the next study's completion deadline, at most :data:`MAX_WAIT_S`."""
         next_sweep = time.monotonic()
+        deadline: list[datetime | None] = [None]
         settings = self.settings
         sender = None
         if not self.local:
@@ -170,11 +178,17 @@ class Node(_Process):
                 if settings.pipeline.analyse:
                     schedule_cases(session, settings.pipeline)
                 session.commit()
+                deadline[0] = next_deadline(session, settings.pipeline)
             if sender is not None:
                 sender.send_due()
             return False
 
-        return tick
+        def wait() -> float:
+            if deadline[0] is None:
+                return MAX_WAIT_S
+            return min(max((deadline[0] - utcnow()).total_seconds(), 0.0), MAX_WAIT_S)
+
+        return tick, wait
 
 
 class CeleryWorker(_Process):

@@ -39,6 +39,19 @@ def close_stable_studies(session: Session, pipeline: PipelineSettings, now: date
     return [s.study_instance_uid for s in studies]
 
 
+def next_deadline(session: Session, pipeline: PipelineSettings) -> datetime | None:
+    """When the next receiving study becomes complete (its idle or force time), if nothing else arrives."""
+    last, first = session.execute(
+        select(func.min(Study.last_received_at), func.min(Study.first_received_at)).where(
+            Study.state == StudyState.RECEIVING
+        )
+    ).one()
+    if last is None:
+        return None
+    return min(last + timedelta(seconds=pipeline.study_idle_seconds),
+               first + timedelta(seconds=pipeline.study_force_seconds))  # fmt: skip
+
+
 def _anchor(study: Study) -> datetime:
     return study.study_datetime or study.first_received_at
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.config import PipelineSettings
-from avn_node.group.scheduler import close_stable_studies, schedule_cases
+from avn_node.group.scheduler import close_stable_studies, next_deadline, schedule_cases
 from avn_node.store.database import open_database
 from avn_node.store.models import Case, Instance, InstanceState, Job, Study, StudyState
 
@@ -40,6 +40,16 @@ def test_group_completes_study_after_idle_seconds(session: Session):
     assert close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=19)) == []
     assert close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=20)) == ["1.1"]
     assert study.state == StudyState.COMPLETE
+
+
+def test_next_deadline_is_the_earliest_idle_or_force_time_of_a_receiving_study(session: Session):
+    assert next_deadline(session, PIPELINE) is None
+    _study(session, "1.1", first=T0, last=T0 + timedelta(seconds=5))  # idle at T0 + 25 s
+    assert next_deadline(session, PIPELINE) == T0 + timedelta(seconds=25)
+    _study(session, "1.2", first=T0 - timedelta(seconds=590), last=T0 + timedelta(seconds=8))  # forced at T0 + 10 s
+    assert next_deadline(session, PIPELINE) == T0 + timedelta(seconds=10)
+    close_stable_studies(session, PIPELINE, T0 + timedelta(seconds=10))
+    assert next_deadline(session, PIPELINE) == T0 + timedelta(seconds=25)  # the complete one no longer counts
 
 
 def test_group_forces_study_after_force_seconds_while_instances_keep_arriving(session: Session):
