@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import OrthancServer
 from tests.node.conftest import Node, storescu, wait_for
-from tests.reliability.test_crash import _crash_and_recover, _expected_results, _three_studies
+from tests.reliability.test_crash import _expected_results, _three_studies, check_doubt_settled_by_query
 
 pytestmark = [pytest.mark.xdist_group("node"), pytest.mark.peers, pytest.mark.timeout(600)]
 WAIT_S = 180
@@ -56,15 +56,5 @@ def test_a_refused_stow_is_recorded_with_its_http_status_and_retried_with_back_o
 def test_a_stow_delivery_in_doubt_is_settled_by_qido_rs_and_not_sent_again(
     node: Node, orthanc_dicomweb: OrthancServer, phantom_set: Path
 ):
-    studies = _three_studies(phantom_set)[:1]
     node.tail = _stow(orthanc_dicomweb, "secret")
-    _crash_and_recover(node, "dispatch.after-send", studies)
-    expected = _expected_results(studies)
-    wait_for(lambda: node.status()["deliveries"] == {"sent": expected}, WAIT_S, "every delivery sent")
-    with sqlite3.connect(node.root / "var" / "avn-node.db") as db:
-        settled = [row[0] for row in db.execute(
-            "SELECT json_extract(data, '$.found_by_c_find') FROM events WHERE kind = 'delivery.done' "
-            "AND json_extract(data, '$.in_doubt')"
-        )]  # fmt: skip
-    assert settled == [1] * expected, settled  # every result in doubt was found by QIDO-RS: none sent twice
-    assert len(orthanc_dicomweb.get("/instances")) == expected
+    check_doubt_settled_by_query(node, orthanc_dicomweb, _three_studies(phantom_set)[:1])  # by QIDO-RS here

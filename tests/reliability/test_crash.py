@@ -127,8 +127,13 @@ def _uid(path: Path) -> str:
 def test_a_delivery_in_doubt_is_settled_by_c_find_and_not_sent_again(
     node: Node, orthanc: OrthancServer, phantom_set: Path
 ):
-    studies = _three_studies(phantom_set)[:1]
     node.destinations = [("archive", orthanc.aet, orthanc.dicom_port)]
+    check_doubt_settled_by_query(node, orthanc, _three_studies(phantom_set)[:1])
+
+
+def check_doubt_settled_by_query(node: Node, archive: OrthancServer, studies: list[list[Path]]) -> None:
+    """Killed right after sending, restarted: every result in doubt is found at ``archive`` by a query (C-FIND or
+    QIDO-RS) and none is sent twice."""
     _crash_and_recover(node, "dispatch.after-send", studies)
     expected = _expected_results(studies)
     wait_for(lambda: node.status()["deliveries"] == {"sent": expected}, RESULTS_WAIT_S, "every delivery sent")
@@ -138,4 +143,4 @@ def test_a_delivery_in_doubt_is_settled_by_c_find_and_not_sent_again(
             "AND json_extract(data, '$.in_doubt')"
         )]  # fmt: skip
     assert settled == [1] * expected, settled  # every result in doubt was found at the archive: 0 re-deliveries
-    assert len(orthanc.get("/instances")) == expected
+    assert len(archive.get("/instances")) == expected
