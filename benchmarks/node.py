@@ -33,6 +33,7 @@ from benchmarks.ingest import ROOT, _free_ports, _stop, _wait_port
 
 IDLE_SECONDS = 1.0
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+ANALYSIS_STAGES = ("decode", "detect", "classify", "cam")
 
 
 def _rss_mib(pid: int, field: str) -> float:
@@ -159,8 +160,12 @@ def main() -> None:
                 "n": len(ordered)}  # fmt: skip
 
     explicit = quantiles(latency["explicit"])
+    # the in-process analysis of the same studies (decode → CAM of each job), the denominator of the overhead
+    analysis = statistics.median(map(sum, zip(*(stages[k] for k in ANALYSIS_STAGES), strict=True)))
     e2e = {
         **explicit,
+        "analysis_s_median": round(analysis, 3),
+        "overhead_ratio": round(explicit["p95_s_after_idle"] / analysis, 2),
         "idle_seconds": IDLE_SECONDS,
         "size": 2048,
         "by_syntax": {
