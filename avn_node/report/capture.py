@@ -98,6 +98,14 @@ def render_overlay(source: Dataset, radiograph: RadiographFinding, demo: bool) -
     return np.asarray(image)
 
 
+def _instance_number(source: Dataset) -> int:
+    """The source's Instance Number (IS, PS3.5 6.2) for its capture; 1 when missing or not an integer string."""
+    try:
+        return int(source.get("InstanceNumber") or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
 def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_uid: str, producer: Producer) -> SCImage:
     """The CAM secondary capture of ``source`` (a full dataset with pixels) in ``target_study_uid``.
 
@@ -116,7 +124,7 @@ def build_capture(source: Dataset, radiograph: RadiographFinding, target_study_u
         series_number=CAM_SERIES_NUMBER,
         series_description="AVN-net heat maps",
         uid_inputs=[str(source.SOPInstanceUID), *(["refused", *refused] if refused else [])],
-        instance_number=int(source.get("InstanceNumber") or 1),
+        instance_number=_instance_number(source),
         sources=[radiograph],
         derivation=f"{producer.model_name} {producer.model_version}: femoral head boxes, Ficat stage and "
         "class-activation heat map drawn over the windowed radiograph",

@@ -6,7 +6,9 @@ import copy
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from avn_node.report.capture import build_capture
 from avn_node.report.identity import Producer
@@ -106,3 +108,12 @@ def test_captures_keep_the_study_description_and_patient_id_issuer_of_their_sour
     for sc in (capture, summary):
         assert sc.StudyDescription == source.StudyDescription
         assert sc.IssuerOfPatientID == source.IssuerOfPatientID
+
+
+def test_capture_of_a_source_whose_instance_number_is_not_an_integer_is_numbered_1(one_study_case):
+    r, source = _first(one_study_case)
+    odd = copy.deepcopy(source)
+    # as read from a modality's file: pydicom warns and keeps the string
+    odd[0x00200013] = RawDataElement(Tag(0x00200013), "IS", 2, b"A1", 0, True, True)
+    assert odd.get("InstanceNumber") == "A1"
+    assert build_capture(odd, r, str(odd.StudyInstanceUID), PRODUCER).InstanceNumber == 1
