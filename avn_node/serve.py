@@ -157,7 +157,7 @@ class Node(_Process):
         """The scheduler's step — retention sweep (daily), study timers, cases, and with Celery the tasks due —
         and how long to wait after it: until the next study's completion deadline, at most :data:`MAX_WAIT_S`."""
         next_sweep = time.monotonic()
-        deadline: list[datetime | None] = [None]
+        deadline: datetime | None = None
         settings = self.settings
         sender = None
         if not self.local:
@@ -166,7 +166,7 @@ class Node(_Process):
             sender = TaskSender(settings, self.sessions)
 
         def tick() -> bool:
-            nonlocal next_sweep
+            nonlocal next_sweep, deadline
             if settings.storage.retention_days > 0 and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + RETENTION_SWEEP_SECONDS
                 with self.sessions() as session:
@@ -178,15 +178,15 @@ class Node(_Process):
                 if settings.pipeline.analyse:
                     schedule_cases(session, settings.pipeline)
                 session.commit()
-                deadline[0] = next_deadline(session, settings.pipeline)
+                deadline = next_deadline(session, settings.pipeline)
             if sender is not None:
                 sender.send_due()
             return False
 
         def wait() -> float:
-            if deadline[0] is None:
+            if deadline is None:
                 return MAX_WAIT_S
-            return min(max((deadline[0] - utcnow()).total_seconds(), 0.0), MAX_WAIT_S)
+            return min(max((deadline - utcnow()).total_seconds(), 0.0), MAX_WAIT_S)
 
         return tick, wait
 

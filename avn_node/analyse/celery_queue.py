@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from datetime import timedelta
 
 from celery import Celery
@@ -63,12 +62,11 @@ class TaskSender:
         self.sessions = sessions
         self.lease = timedelta(seconds=settings.queue.lease_seconds)
         self.broker_down = False
-        self.lock = threading.Lock()
 
     def send_due(self) -> int:
         """Send the due tasks; how many went. Each job is marked sent (committed) before its task goes, so a
         worker that takes the task at once finds the row unlocked; a task that could not go is unmarked."""
-        with self.lock, self.sessions() as session:
+        with self.sessions() as session:
             due = unsent(session, self.lease)
             mark_sent(session, due)
             session.commit()

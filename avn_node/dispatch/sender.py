@@ -160,10 +160,12 @@ class Dispatcher:
         self.settings, self.sessions, self.files = settings, sessions, files
         self.destination, self.owner, self.timeout = destination, owner, timeout
         if destination.kind == "stow-rs":
+            self.query = "QIDO-RS"
             self.send = partial(stow.send_files, destination, timeout=timeout)
             self.held = partial(stow.held_by, destination, timeout=timeout)
         else:
             tls = client_tls(settings.security) if destination.tls else None
+            self.query = "C-FIND"
             self.send = partial(send_files, destination, timeout=timeout, tls=tls)
             self.held = partial(held_by, destination, timeout=timeout, tls=tls)
 
@@ -217,7 +219,7 @@ class Dispatcher:
         return self._record({c.delivery_id: errors[c.key] for c in claimed}, notes)
 
     def _held_by_archive(self, doubtful: list[Claimed]) -> set[str] | None:
-        """Keys of the in-doubt results the archive already holds; None when it answers no C-FIND."""
+        """Keys of the in-doubt results the archive already holds; None when it cannot be asked (C-FIND or QIDO-RS)."""
         by_uid = {}
         for c in doubtful:
             try:
@@ -227,7 +229,7 @@ class Dispatcher:
         found = self.held(list(by_uid.values()))
         if found is None:
             log.warning("%s cannot be asked (%s): %d results in doubt are sent again", self.destination.name,
-                        "QIDO-RS" if self.destination.kind == "stow-rs" else "C-FIND", len(doubtful))  # fmt: skip
+                        self.query, len(doubtful))  # fmt: skip
             return None
         return {key for key, ds in by_uid.items() if str(ds.SOPInstanceUID) in found}
 
