@@ -27,7 +27,7 @@ from benchmarks.common import write_results
 from benchmarks.node import _store, _studies
 from tests.conftest import free_port
 from tests.node.conftest import Node, port_open, stop_process, wait_for
-from tests.scaleout.servers import Postgres, Redis, Worker
+from tests.scaleout.servers import Postgres, Redis, Worker, settled
 
 IDLE_SECONDS = 1.0
 SIZE = 1500
@@ -42,21 +42,14 @@ def _round(node: Node, studies: list[list[Path]], url: str) -> dict[str, float]:
         assert _store(node.port, files) == 0
     sent_s = time.monotonic() - t0
 
-    def done() -> bool:
-        with engine.connect() as c:
-            covered = c.execute(text("SELECT COALESCE(SUM(analysed_instances), 0) FROM studies")).scalar()
-            pending = c.execute(text("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")).scalar()
-            open_jobs = c.execute(text("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")).scalar()
-        return covered == sum(map(len, studies)) and pending == 0 and open_jobs == 0
-
-    wait_for(done, 1800, "every study analysed and sent")
+    wait_for(lambda: settled(engine, sum(map(len, studies))), 1800, "every study analysed and sent")
     seconds = time.monotonic() - t0
     with engine.connect() as c:
         job_s = [s for (s,) in c.execute(text("SELECT seconds FROM jobs WHERE seconds IS NOT NULL"))]
-        done = [d if isinstance(d, dict) else json.loads(d)
+        jobs = [d if isinstance(d, dict) else json.loads(d)
                 for (d,) in c.execute(text("SELECT data FROM events WHERE kind = 'job.done'"))]  # fmt: skip
     engine.dispose()
-    stages = {k: round(statistics.median(d["timings"].get(k, 0.0) for d in done), 3) for k in done[0]["timings"]}
+    stages = {k: round(statistics.median(d["timings"].get(k, 0.0) for d in jobs), 3) for k in jobs[0]["timings"]}
     return {"seconds": round(seconds, 2), "send_seconds": round(sent_s, 2),
             "studies_per_min": round(len(studies) / seconds * 60, 2),
             "job_seconds_median": round(statistics.median(job_s), 3), "stage_seconds_median": stages}  # fmt: skip

@@ -1,6 +1,7 @@
 """Scale-out peers on loopback: redis-server and PostgreSQL (Debian packages; PostgreSQL refuses to run as root,
 so as root it runs as the ``postgres`` user), and ``avn-node worker`` as a process. Each server is a child of
-the test (or benchmark) that starts it, stopped by its fixture (tests/conftest.py ``redis`` and ``postgres``)."""
+the test (or benchmark) that starts it, stopped by its fixture (tests/conftest.py ``redis`` and ``postgres``);
+and :func:`settled`, the database check that a node (with any backend) has finished its work."""
 
 from __future__ import annotations
 
@@ -139,3 +140,10 @@ class Worker:
             stop_process(self.process, timeout=60)
 
 
+def settled(db: Engine, instances: int) -> bool:
+    """``instances`` images analysed, no job open, no delivery pending."""
+    with db.connect() as c:
+        covered = c.execute(text("SELECT COALESCE(SUM(analysed_instances), 0) FROM studies")).scalar()
+        open_jobs = c.execute(text("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")).scalar()
+        pending = c.execute(text("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")).scalar()
+    return covered == instances and open_jobs == 0 and pending == 0

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from avn_node.ground_truth import GroundTruth
 from avn_node.phantom.generate import PhantomOptions, generate
 from tests.node.conftest import Archive, Node, storescu, wait_for
-from tests.scaleout.servers import Postgres, Redis, Worker
+from tests.scaleout.servers import Postgres, Redis, Worker, settled
 
 pytestmark = [pytest.mark.xdist_group("node"), pytest.mark.peers, pytest.mark.timeout(600)]
 SETTLE_S = 300
@@ -50,15 +50,6 @@ def _send(node: Node, studies: list[list[Path]]) -> None:
         assert proc.returncode == 0, proc.stderr
 
 
-def _settled(db: Engine, instances: int) -> bool:
-    """``instances`` images analysed, no job open, no delivery pending."""
-    with db.connect() as c:
-        covered = c.execute(text("SELECT COALESCE(SUM(analysed_instances), 0) FROM studies")).scalar()
-        open_jobs = c.execute(text("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")).scalar()
-        pending = c.execute(text("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")).scalar()
-    return covered == instances and open_jobs == 0 and pending == 0
-
-
 def _check_exactly_once(db: Engine, archive: Archive, studies: list[list[Path]]) -> None:
     """Every result of every study at the archive once: one SR per study and version, a capture per image."""
     with db.connect() as c:
@@ -83,7 +74,7 @@ def test_two_workers_deliver_every_result_of_ten_studies_exactly_once(
     _start(celery_node, archive, workers)
     _send(celery_node, ten_studies)
     db = postgres.engine()
-    wait_for(lambda: _settled(db, 20), SETTLE_S, "every study analysed and every result sent")
+    wait_for(lambda: settled(db, 20), SETTLE_S, "every study analysed and every result sent")
     _check_exactly_once(db, archive, ten_studies)
     by_worker = _jobs_by_worker(db)
     assert set(by_worker) == {"w1", "w2"}, f"one worker did all the jobs: {by_worker}"
@@ -105,7 +96,7 @@ def test_a_worker_killed_mid_analysis_has_its_job_completed_by_the_other(
     wait_for(lambda: doomed.process.poll() is not None, SETTLE_S, "the first worker to die mid-analysis")
     assert doomed.process.returncode == 137 and "dying at analyse.mid-analysis" in doomed.log.read_text()
     db = postgres.engine()
-    wait_for(lambda: _settled(db, 8), SETTLE_S, "every study analysed and every result sent")
+    wait_for(lambda: settled(db, 8), SETTLE_S, "every study analysed and every result sent")
     _check_exactly_once(db, archive, ten_studies[:4])
     with db.connect() as c:
         redone = c.execute(text("SELECT worker_id, attempts FROM jobs WHERE attempts > 1")).all()
@@ -140,7 +131,7 @@ def test_work_resumes_after_redis_restarts_with_queued_tasks_lost(
                  "a first job done")  # fmt: skip
     redis.stop()
     redis.start()
-    wait_for(lambda: _settled(db, 10), SETTLE_S, "every study analysed and every result sent")
+    wait_for(lambda: settled(db, 10), SETTLE_S, "every study analysed and every result sent")
     _check_exactly_once(db, archive, ten_studies[:5])
     assert "broker" in celery_node.log.read_text()
 
@@ -164,6 +155,6 @@ def test_while_postgresql_is_down_the_receiver_answers_out_of_resources_and_reco
     postgres.start()
     _send(celery_node, ten_studies[1:3])  # the modality sends again; the node was not restarted
     db = postgres.engine()
-    wait_for(lambda: _settled(db, 6), SETTLE_S, "every study analysed and every result sent")
+    wait_for(lambda: settled(db, 6), SETTLE_S, "every study analysed and every result sent")
     _check_exactly_once(db, archive, ten_studies[:3])
     assert celery_node.process.poll() is None and workers[0].process.poll() is None
