@@ -116,7 +116,7 @@ class DashboardSettings(_Section):
     token: str = ""
 
 
-DIMSE_ONLY = ("ae_title", "host", "port", "tls")
+DIMSE_ONLY = ("ae_title", "host", "port", "calling_ae_title", "tls")  # DESIGN §4: stow-rs takes url instead
 STOW_ONLY = ("url", "token", "username", "password", "ca_bundle")
 
 
@@ -147,7 +147,8 @@ class Destination(_Section):
             return self
         if not self.url.startswith(("http://", "https://")):
             raise ValueError('kind = "stow-rs" needs url = "http(s)://…" (the DICOMweb service root)')
-        if stray := [k for k in DIMSE_ONLY if getattr(self, k)]:
+        given = {k for k in DIMSE_ONLY if getattr(self, k)} - ({"calling_ae_title"} - self.model_fields_set)
+        if stray := [k for k in DIMSE_ONLY if k in given]:  # calling_ae_title counts only when set, not defaulted
             raise ValueError(f'{", ".join(stray)}: only for kind = "dimse"')
         if self.token and self.username:
             raise ValueError("token or username/password, not both")
