@@ -17,7 +17,7 @@ from PIL import Image
 from avn_node.ground_truth import Side, View
 from avn_node.phantom.lesions import DomeSector, HeadFrame, HeadLesion, LesionEffects, effects, joint_gap_factor
 from avn_node.phantom.projection import Array, Bone, Canvas, Capsule, Ellipsoid, Point, accumulate
-from avn_node.phantom.variation import AnatomyExtras, Implant
+from avn_node.phantom.variation import Anatomic, AnatomyExtras, Implant
 
 CLASSIC_EXTRAS = AnatomyExtras()
 SIDE_SIGN = {Side.R: -1.0, Side.L: 1.0}
@@ -284,10 +284,17 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     pelvis.add(
         Ellipsoid((sgn * (patient.hip_distance / 2 + 4 * k), -100 * ty * k), 70 * k, 58 * ty * k, 7.5, sgn * -18), 1.8
     )
-    pelvis.add(Capsule(_add(acetabulum, (med, 0.85 * r), (up, -0.3 * r * ty)), symphysis, 0.42 * r, 0.34 * r), 1.6)
+    anatomic = patient.look.anatomic
+    bend = 0.0 if anatomic is None else anatomic.ramus_bend * r
+    rami = [  # superior pubic ramus, inferior ramus, ischium: straight bars, or bowed round an oval foramen
+        (_add(acetabulum, (med, 0.85 * r), (up, -0.3 * r * ty)), symphysis, (up, bend), 0.42 * r, 0.34 * r, 1.6),
+        (_add(symphysis, (up, -26 * ty * k)), tuberosity, (up, -bend), 0.3 * r, 0.3 * r, 1.6),
+        (_add(acetabulum, (med, 0.15 * r), (up, -0.9 * r * ty)), tuberosity, (lat, bend), 0.62 * r, 0.5 * r, 1.8),
+    ]
+    for p0, p1, bow, r0, r1, cortex in rami:
+        for segment in _bowed(p0, p1, bow, r0, r1):
+            pelvis.add(segment, cortex)
     pelvis.add(Ellipsoid(_add(symphysis, (up, -12 * ty * k)), 11 * k, 20 * ty * k, 13 * k), 1.5)
-    pelvis.add(Capsule(_add(symphysis, (up, -26 * ty * k)), tuberosity, 0.3 * r, 0.3 * r), 1.6)
-    pelvis.add(Capsule(_add(acetabulum, (med, 0.15 * r), (up, -0.9 * r * ty)), tuberosity, 0.62 * r, 0.5 * r), 1.8)
     pelvis.add(Ellipsoid(tuberosity, 0.55 * r, 0.65 * r, 0.6 * r), 1.5)
     pelvis.render(maps.cortical, maps.cancellous)
     cup = Ellipsoid(acetabulum, socket, socket, socket, modulation=fx.socket_modulation)
@@ -295,6 +302,9 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     if w is not None:
         carved = maps.cancellous[w.rows, w.cols]
         np.maximum(carved - cup.path(w.x, w.y), 0.0, out=carved)
+    if anatomic is not None:
+        _acetabular_walls(canvas, acetabulum, socket, sgn, anatomic, maps)
+        _iliac_crest(canvas, patient, sgn, anatomic, maps)
     rim = 1.6 + fx.socket_cortex_extra_mm
     roof = HeadFrame(acetabulum, socket, dome)
     # the roof (sourcil): only rays grazing the socket's shell cross enough bone to show
@@ -335,7 +345,12 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
         femur.add(Capsule(_add(head_center, (to_head, -0.75 * patient.neck_length)), junction, 0.7 * r, 0.82 * r), 1.6)
     else:
         femur.add(head_solid, patient.look.head_cortex)
-        femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
+        if anatomic is None:
+            femur.add(Capsule(head_center, junction, 0.62 * r, 0.82 * r, 0.95), 1.6)
+        else:  # a waist between the head and the flare to the trochanters
+            waist = _add(head_center, (to_head, -0.45 * patient.neck_length * pose.neck_projection))
+            femur.add(Capsule(head_center, waist, 0.75 * r, anatomic.neck_waist * r, 0.95), 1.6)
+            femur.add(Capsule(waist, junction, anatomic.neck_waist * r, 0.9 * r, 0.95), 1.6)
     femur.add(
         Capsule(
             _add(junction, (shaft, -0.3 * r)),
@@ -345,18 +360,31 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
         ),
         patient.shaft_cortex,
     )
+    # the metaphysis; the anatomic one is narrower and lower, so that the neck shows between head and trochanters
+    flare = (-0.4, 0.95) if anatomic is None else (0.1, 0.75)
     femur.add(
         Capsule(
-            _add(junction, (shaft, -0.4 * r), (lat, 0.3 * r)), _add(junction, (shaft, 1.2 * r)), 0.95 * r, 0.72 * r, 0.9
+            _add(junction, (shaft, flare[0] * r), (lat, 0.3 * r)),
+            _add(junction, (shaft, 1.2 * r)),
+            flare[1] * r,
+            0.72 * r,
+            0.9,
         ),
         1.3,
     )
     angle = math.degrees(math.atan2(shaft[1], shaft[0]))
     greater = (0.3 if pose.view is View.FL else 0.7) * r
-    femur.add(Ellipsoid(_add(junction, (lat, greater), (shaft, -0.55 * r)), 0.7 * r, 1.0 * r, 0.85 * r, angle), 1.2)
     lesser = _add(junction, (shaft, 1.5 * r), (med, (0.45 + 0.45 * pose.lesser_trochanter) * r))
+    if anatomic is None:
+        femur.add(Ellipsoid(_add(junction, (lat, greater), (shaft, -0.55 * r)), 0.7 * r, 1.0 * r, 0.85 * r, angle), 1.2)
+    else:  # a ridge on the lateral metaphysis, its tip near the level of the neck's upper border
+        top = _add(junction, (lat, greater + 0.1 * r), (shaft, -1.0 * r))
+        femur.add(Capsule(top, _add(junction, (lat, 0.8 * greater), (shaft, 0.7 * r)), 0.42 * r, 0.55 * r, 1.4), 1.2)
     femur.add(Ellipsoid(lesser, 0.5 * r, 0.33 * r, 0.4 * r, angle), 1.0)
     femur.render(maps.cortical, maps.cancellous)
+    if anatomic is not None:  # intertrochanteric line
+        line = Capsule(_add(junction, (lat, 0.7 * greater), (shaft, 0.2 * r)), lesser, 1.4, 1.4, 2.0)
+        accumulate(canvas, maps.cortical, line, 0.6)
     if replaced:
         _arthroplasty(canvas, implant, head_center, r, to_head, junction, shaft, roof, maps)
         outline = _outline(canvas, head_solid)
@@ -379,6 +407,57 @@ def _hip(canvas: Canvas, patient: Patient, pose: Pose, side: Side, lesion: HeadL
     if implant.kind != "none":
         _fixation(canvas, implant, head, to_head, junction, shaft, lat, patient, maps)
     maps.head_outlines[side] = _outline(canvas, head_solid)
+
+
+def _bowed(p0: Point, p1: Point, bow: tuple[Point, float], r0: float, r1: float, pieces: int = 6) -> list[Capsule]:
+    """A tube from ``p0`` to ``p1`` whose middle is pushed ``bow`` off the straight line (a quadratic curve)."""
+    if bow[1] == 0.0:
+        return [Capsule(p0, p1, r0, r1)]
+    mid = _add(((p0[0] + p1[0]) / 2, (p0[1] + p1[1]) / 2), (bow[0], 2.0 * bow[1]))
+    ts = np.linspace(0.0, 1.0, pieces + 1)
+    pts = [
+        (
+            (1 - t) ** 2 * p0[0] + 2 * t * (1 - t) * mid[0] + t * t * p1[0],
+            (1 - t) ** 2 * p0[1] + 2 * t * (1 - t) * mid[1] + t * t * p1[1],
+        )
+        for t in ts
+    ]
+    radii = r0 + (r1 - r0) * ts
+    return [Capsule(pts[i], pts[i + 1], float(radii[i]), float(radii[i + 1])) for i in range(pieces)]
+
+
+def _acetabular_walls(
+    canvas: Canvas, acetabulum: Point, socket: float, sgn: float, anatomic: Anatomic, maps: PathMaps
+) -> None:
+    """The anterior and posterior walls of the socket: each a half of a spherical shell seen through the head,
+    ending in a rim that crosses it (the posterior further laterally)."""
+    outer = socket + anatomic.wall_mm
+    for normal, reach in (
+        (_unit(sgn * 0.8, 0.6), anatomic.posterior_wall),
+        (_unit(sgn * 0.45, 0.9), anatomic.anterior_wall),
+    ):
+        cut = (normal[0], normal[1], reach * socket)
+        accumulate(canvas, maps.cortical, Ellipsoid(acetabulum, outer, outer, outer, cut=cut), 0.5)
+        accumulate(canvas, maps.cortical, Ellipsoid(acetabulum, socket, socket, socket, cut=cut), -0.5)
+
+
+def _iliac_crest(canvas: Canvas, patient: Patient, sgn: float, anatomic: Anatomic, maps: PathMaps) -> None:
+    """A thick rim along the upper border of the iliac wing (the wing drawn by :func:`_hip`)."""
+    k = patient.hip_distance / 176.0
+    cx, cy = sgn * (patient.hip_distance / 2 + 4 * k), -100 * patient.pelvic_height * k
+    a, b, theta = 70 * k, 58 * patient.pelvic_height * k, math.radians(sgn * -18)
+    ts = np.linspace(math.pi + 0.25, 2 * math.pi - 0.25, 16)
+    pts = [
+        (
+            cx + a * math.cos(t) * math.cos(theta) - b * math.sin(t) * math.sin(theta),
+            cy + a * math.cos(t) * math.sin(theta) + b * math.sin(t) * math.cos(theta),
+        )
+        for t in ts
+    ]
+    crest = Bone(canvas)
+    for p0, p1 in itertools.pairwise(pts):
+        crest.add(Capsule(p0, p1, anatomic.crest_mm, anatomic.crest_mm, 1.2), 1.5)
+    crest.render(maps.cortical, maps.cancellous)
 
 
 def _arthroplasty(

@@ -21,7 +21,7 @@ from avn_node.phantom.anatomy import SIDE_SIGN, Patient, Pose, render
 from avn_node.phantom.dicom import TRANSFER_SYNTAXES, ImageInfo, StudyInfo, build_dataset, encode, write
 from avn_node.phantom.imaging import Acquisition, Radiograph, expose
 from avn_node.phantom.lesions import PAPER_STAGE_MIX, HeadLesion, patient_avn_probability, sample_lesion, sample_stages
-from avn_node.phantom.variation import STYLES, sample_extras, sample_patient_changes
+from avn_node.phantom.variation import STYLES, sample_extras, sample_leg_adduction, sample_patient_changes
 
 GENERATOR_NAME = "avn-node phantom"
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:avn-node:phantom")
@@ -185,6 +185,8 @@ def plan_patient(options: PhantomOptions, index: int) -> PatientPlan:
         elif style != "classic" and view is View.AP and look_rng.random() < 0.15:  # a tight single-hip AP
             unilateral = (Side.R, Side.L)[int(look_rng.integers(2))]
         pose = Pose.sample(rng, view, patient)
+        if style == "varied" and view is View.AP:
+            pose = replace(pose, adduction_deg=sample_leg_adduction(look_rng))
         acq = _fit_acquisition(
             rng, view, unilateral, mod, patient, options.size_range, style, look_rng if style != "classic" else None
         )

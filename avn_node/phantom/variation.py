@@ -59,6 +59,26 @@ class AnatomyExtras:
     head_aspect: float = 1.0
     socket_depth: float = 0.0
     """Acetabular depth change as a fraction of the head radius (positive: deeper, more coverage)."""
+    anatomic: Anatomic | None = None
+    """The anatomic skeleton family (None: the simple shapes every style had before)."""
+
+
+@dataclass(frozen=True)
+class Anatomic:
+    """Closer to anatomy than the simple shapes: the acetabular walls cover the head, the obturator ring and
+    the rami are curved, the iliac crest is a thick rim, the neck has a waist and the greater trochanter is a
+    ridge on the lateral metaphysis."""
+
+    wall_mm: float = 3.0
+    """Thickness of the anterior and posterior acetabular walls."""
+    posterior_wall: float = 0.4
+    """How far the posterior wall's rim reaches across the head, laterally, in head radii from its centre."""
+    anterior_wall: float = 0.0
+    crest_mm: float = 5.0
+    neck_waist: float = 0.64
+    """Narrowest half-width of the femoral neck, in head radii."""
+    ramus_bend: float = 0.25
+    """Bow of the pubic and ischial rami, in head radii."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +190,29 @@ def sample_extras(rng: np.random.Generator, style: str) -> AnatomyExtras | None:
         head_cortex=float(rng.uniform(0.5, 1.5) if style == "varied" else rng.uniform(0.25, 0.6)),
         head_aspect=float(rng.uniform(0.93, 1.05)),
         socket_depth=float(rng.uniform(-0.15, 0.2)),
+        anatomic=_anatomic(rng) if style == "varied" and rng.random() < ANATOMIC_SHARE else None,
     )
+
+
+ANATOMIC_SHARE = 0.7
+"""Share of varied patients drawn with the :class:`Anatomic` skeleton; the rest keep the simple shapes."""
+
+
+def _anatomic(rng: np.random.Generator) -> Anatomic:
+    return Anatomic(
+        wall_mm=float(rng.uniform(2.0, 4.5)),
+        posterior_wall=float(rng.uniform(0.1, 0.7)),
+        anterior_wall=float(rng.uniform(-0.4, 0.2)),
+        crest_mm=float(rng.uniform(3.5, 7.0)),
+        neck_waist=float(rng.uniform(0.56, 0.7)),
+        ramus_bend=float(rng.uniform(0.1, 0.45)),
+    )
+
+
+def sample_leg_adduction(rng: np.random.Generator) -> float:
+    """Adduction (negative: abduction) of the legs on an AP of the varied styles: patients are not always
+    positioned straight, and a painful hip is often held abducted."""
+    return float(rng.uniform(-20.0, 12.0))
 
 
 def sample_chain(rng: np.random.Generator, style: str, modality: str) -> ImageChain | None:

@@ -58,8 +58,8 @@ def test_screw_is_denser_than_the_bone_around_it_inside_the_femur() -> None:
     # attenuation along each ray: metal + bone of the rendered scene
     bone = bare.cortical * 0.11 + (bare.cancellous + bare.extra) * 0.045
     metal = bone + (fixed.extra - bare.extra) * 0.045
-    around = head & ~screw & (bare.cancellous > 0)
-    assert metal[screw & head].mean() > 3 * bone[around].mean()
+    # along the same rays, the screw alone attenuates more than all the bone (head, neck, acetabular walls)
+    assert (metal - bone)[screw & head].mean() > 1.5 * bone[screw & head].mean()
 
 
 def test_screw_shows_brighter_than_the_head_around_it_in_the_stored_image() -> None:
@@ -146,3 +146,32 @@ def test_varied_style_shows_tight_single_hip_ap_views() -> None:
     assert plan.radiographs[0].view is View.AP
     _, outlines = render_radiograph(plan, plan.radiographs[0])
     assert list(outlines) in ([plan.radiographs[0].unilateral], [])
+
+
+def test_anatomic_acetabular_walls_cover_the_medial_head_more_than_its_lateral_edge() -> None:
+    index, plan = _first(
+        _options("varied", shape_mix={"ap": 1.0}),
+        lambda p: p.patient.look.anatomic is not None and p.radiographs[0].unilateral is None,
+    )
+    item = plan.radiographs[0]
+    canvas = item.acquisition.canvas()
+    simple = replace(plan.patient, extras=replace(plan.patient.extras, anatomic=None))
+    walls = replace(plan.patient.look.anatomic, posterior_wall=0.0, anterior_wall=0.0)
+    anatomic = replace(plan.patient, extras=replace(plan.patient.extras, anatomic=walls))
+    with_walls = render(canvas, anatomic, item.pose, plan.lesions)
+    without = render(canvas, simple, item.pose, plan.lesions)
+    x0, y0, x1, y1 = (int(v) for v in with_walls.head_outlines[Side.R])
+    added = (with_walls.cortical - without.cortical)[y0:y1, x0:x1]
+    third = (x1 - x0) // 3
+    # the patient's right hip: medial is towards the image's right (higher columns) in the canvas as drawn
+    lateral, medial = added[:, :third], added[:, -third:]
+    if canvas.to_pixel(np.array([0.0, 0.0]))[0] < x0:  # a mirrored canvas puts the midline on the left
+        lateral, medial = medial, lateral
+    assert medial.mean() > 0.5, "the walls add bone over the medial head"
+    assert medial.mean() > 2 * max(lateral.mean(), 0.0), "the rims end before the lateral edge"
+
+
+def test_varied_style_positions_legs_abducted_as_well_as_adducted() -> None:
+    options = _options("varied", shape_mix={"ap": 1.0})
+    angles = [plan_patient(options, i).radiographs[0].pose.adduction_deg for i in range(40)]
+    assert min(angles) < -5 and max(angles) > 5
