@@ -61,18 +61,18 @@ fuzz: setup
 	AVN_FUZZ_RANDOM=1 AVN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider \
 	  -o timeout=3600 -W ignore::UserWarning tests/reliability/test_fuzz.py
 
-# Trains the shipped demo weights (models/avn-demo-v2): avn-demo-v1 (classic phantom only) fine-tuned on a mix of
-# the phantom's three styles with the training augmentations; then held-out sets of each style, the evaluation on
-# the classic one and the cross-style table of v2 against v1 (README "Model").
+# Trains the shipped demo weights (models/avn-demo-v3): avn-demo-v2 fine-tuned on a new mix of the phantom's three
+# styles (the varied one now mostly with the anatomic skeleton) with the training augmentations; then held-out sets
+# of each style, the evaluation on the classic one and the cross-style table of v3 against v2 (README "Model").
 PROFILE ?= cpu-finetune
-BASE := models/avn-demo-v1
-WEIGHTS := models/avn-demo-v2
+BASE := models/avn-demo-v2
+WEIGHTS := models/avn-demo-v3
 weights: setup
 	rm -rf var/weights $(WEIGHTS)/checkpoints
-	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 300 --seed 202 --style classic=1,varied=3,alt=1 \
+	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 300 --seed 303 --style classic=1,varied=3,alt=1 \
 	  --syntax-mix explicit=1 --size-range 1000 2400 --workers 2
 	$(VENV)/bin/avn-node train --data var/weights/train --out $(WEIGHTS) --profile $(PROFILE) --seed 1 \
-	  --version avn-demo-v2 --init-from $(BASE)
+	  --version avn-demo-v3 --init-from $(BASE)
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout-classic --studies 100 --seed 9001 --workers 2
 	$(VENV)/bin/avn-node phantom --out var/weights/heldout-varied --studies 60 --seed 9101 --style varied \
 	  --size-range 1000 3000 --workers 2

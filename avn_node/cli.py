@@ -502,24 +502,49 @@ def status(
     config: ConfigOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """Studies, cases, jobs, deliveries, failures and stored results."""
+    """Counts per state, queue depth, recent studies, failures and stored results (the dashboard's overview)."""
     import json
 
     from avn_node.store.status import node_status
+    from avn_node.web.queries import overview
 
     settings = _settings(config)
     with _database(settings)() as session:
         report = node_status(session, settings.node.data_dir)
+        summary = overview(session)
     if json_output:
-        typer.echo(json.dumps(report))
+        extra = summary.model_dump(mode="json", include={"queue", "recent"})
+        typer.echo(json.dumps({**report, **extra}))
         return
+    _print_status(report, summary)
+
+
+def _print_status(report: dict, summary) -> None:  # noqa: ANN001 - avn_node.web.schemas.Overview
+    from rich.console import Console
+    from rich.table import Table
+
+    from avn_node.web.queries import short_uid
+
+    console = Console()
+    counts = Table("table", "states", title="Counts", title_justify="left")
     for section in ("instances", "studies", "cases", "jobs", "deliveries"):
-        counts = ", ".join(f"{k} {v}" for k, v in report[section].items()) or "none"
-        typer.echo(f"{section}: {counts}")
+        counts.add_row(section, ", ".join(f"{k} {v}" for k, v in report[section].items()) or "none")
+    console.print(counts)
+    queue = Table(*summary.queue.model_dump(), title="Queue depth", title_justify="left")
+    queue.add_row(*(str(v) for v in summary.queue.model_dump().values()))
+    console.print(queue)
+    studies = Table("study", "patient", "state", "images", "case", "version", "hips", title="Recent studies",
+                    title_justify="left")  # fmt: skip
+    for s in summary.recent:
+        hips = ", ".join(f"{h.side} {h.stage or 'not evaluated'}" for h in s.hips) or "–"
+        studies.add_row(short_uid(s.study_instance_uid), s.patient_id, s.state, str(s.instances),
+                        s.case_state or "", str(s.version or ""), hips + (" (OOD)" if s.out_of_distribution else ""))
+    console.print(studies)
     for failure in report["failures"]:
-        typer.echo(f"failure: {failure}")
+        console.print(f"[red]failure[/red] {failure}", highlight=False)
     for result in report["results"]:
-        typer.echo(f"result {result['kind']} v{result['version']} study {result['study']}: {result['path']}")
+        console.print(f"result {result['kind']} v{result['version']} study {short_uid(result['study'])}: "
+                      f"{result['path']}", highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -541,6 +566,34 @@ def reanalyse(
         typer.echo(f"{uid}: {what}")
     if not all(queued for queued, _ in outcome.values()):
         raise typer.Exit(EXIT_WORK_FAILED)
+
+
+users_app = typer.Typer(help="Dashboard accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[str, typer.Option(help="admin | radiologist | viewer")],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
+                                          help="Asked for when not given (at least 8 characters).")],  # fmt: skip
+    config: ConfigOption = None,
+) -> None:
+    """Add a dashboard user; prints their API token once (for ``Authorization: Bearer``)."""
+    from avn_node.store.models import Role
+    from avn_node.web.auth import UserError, add_user
+
+    if role not in {r.value for r in Role}:
+        raise typer.BadParameter(f'"{role}" is not one of admin, radiologist, viewer', param_hint="--role")
+    settings = _settings(config)
+    try:
+        with _database(settings)() as session:
+            token = add_user(session, name, Role(role), password)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(f"user {name} ({role}) added; API token (shown once): {token}")
 
 
 deliveries_app = typer.Typer(help="Deliveries of results to destinations.", no_args_is_help=True)

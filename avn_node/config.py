@@ -213,9 +213,15 @@ def refused_values(settings: Settings) -> list[str]:
                             '(PostgreSQL: "postgresql+psycopg://user@host/db"), not SQLite')  # fmt: skip
     problems += [f"reporting.{k}: {k} output {NOT_BUILT}" for k in ("gsps", "segmentation")
                  if getattr(settings.reporting, k)]  # fmt: skip
-    if settings.dashboard != DashboardSettings():
-        problems.append(f"dashboard: the dashboard {NOT_BUILT}")
+    if not settings.dashboard.token and not _loopback(settings.dashboard.host):
+        problems.append(f'dashboard.token: required when dashboard.host ("{settings.dashboard.host}") is not loopback')
     return problems
+
+
+def _loopback(host: str) -> bool:
+    from avn_node.web.auth import is_loopback
+
+    return is_loopback(host)
 
 
 def _resolved_path(value: object, base: Path) -> object:

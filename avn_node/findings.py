@@ -88,6 +88,29 @@ class HeadFinding:
         return STAGES.index(self.stage), self.presence_probability
 
 
+def _number(value: float) -> float | None:
+    """A JSON-safe float: NaN (no score) becomes None."""
+    return None if value != value else round(float(value), 4)
+
+
+def head_json(head: HeadFinding) -> dict[str, object]:
+    """The head as JSON (no CAM): what the readings table keeps, the API returns and the review page starts from."""
+    return {
+        "side": head.side.value,
+        "box": [round(v, 1) for v in head.box],
+        "detection_score": _number(head.detection_score),
+        "side_agrees": head.side_agrees,
+        "stage": head.stage.value,
+        "presence_probability": _number(head.presence_probability),
+        "stage_probabilities": {k.value: _number(v) for k, v in head.stage_probabilities.items()},
+        "notes": [n.value for n in head.notes],
+        "note_probabilities": {k.value: _number(v) for k, v in head.note_probabilities.items()},
+        "ood_score": _number(head.ood_score),
+        "out_of_distribution": head.out_of_distribution,
+        "ood_reason": head.ood_reason,
+    }
+
+
 @dataclass(frozen=True)
 class RadiographFinding:
     """The reading of one radiograph; ``error`` names why it could not be read (then no heads).

@@ -1,9 +1,9 @@
 """The node's processes, each owned by one object with ``start()`` and ``stop()`` (the CLI adds the signal
 handling):
 
-- :class:`Node` (``avn-node serve``): receiver and scheduler, and with ``[queue] backend = "local"`` a worker and
-  one dispatcher per destination, each in a thread; with ``"celery"`` it sends the analysis jobs to the broker
-  instead (:class:`~avn_node.analyse.celery_queue.TaskSender`).
+- :class:`Node` (``avn-node serve``): receiver, scheduler and dashboard, and with ``[queue] backend = "local"`` a
+  worker and one dispatcher per destination, each in a thread; with ``"celery"`` it sends the analysis jobs to the
+  broker instead (:class:`~avn_node.analyse.celery_queue.TaskSender`).
 - :class:`CeleryWorker` (``avn-node worker``): a Celery worker running the analysis jobs it is sent, and one
   dispatcher per destination.
 
@@ -37,6 +37,7 @@ from avn_node.store.database import connect, open_database
 from avn_node.store.files import LocalFileStore, remove_stale_temp_files
 from avn_node.store.models import utcnow
 from avn_node.store.retention import purge_older_than
+from avn_node.web.server import Dashboard
 
 log = logging.getLogger("avn_node.serve")
 RETENTION_SWEEP_SECONDS = 24 * 3600
@@ -113,6 +114,7 @@ class Node(_Process):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, worker_id(settings))
         self.server = None
+        self.dashboard: Dashboard | None = None
         self.local = settings.queue.backend == "local"
 
     def start(self) -> None:
@@ -133,6 +135,8 @@ class Node(_Process):
             "tls": bool(settings.security.tls_cert), "analyzers": sorted(analyzers),
             "destinations": [d.name for d in settings.destinations], "queue": settings.queue.backend,
         }))  # fmt: skip
+        self.dashboard = Dashboard(settings, self.sessions, self.files)
+        self.dashboard.start()
         self.server = start_scp(settings, self.sessions)
         tick, wait = self._tick()
         self.loops.spawn("schedule", tick, "scheduler tick", self.wake_schedule, wait)
@@ -147,6 +151,8 @@ class Node(_Process):
         log.info("stopping: no new associations; finishing the running job")
         if self.server is not None:
             self.server.shutdown()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.loops.stop()
         if self.server is not None:
             emit_now(self.sessions, NodeEvent("node.stopped", self.settings.node.ae_title))

@@ -89,7 +89,7 @@ def node_run(files: list[Path], work: Path) -> float:
     port, data = _free_port(), work / "node"
     config = work / "node.toml"
     config.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
+        f'[dashboard]\nport = 0\n[node]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "{data}"\n'
         f'[database]\nurl = "sqlite:///{data}/avn-node.db"\n[pipeline]\nanalyse = false\n'
         "[security]\nmin_free_disk_mb = 100\n"
     )

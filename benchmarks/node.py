@@ -111,7 +111,7 @@ def main() -> None:
     data = base / "node"
     config = base / "node.toml"
     config.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {node_port}\ndata_dir = "{data}"\n'
+        f'[dashboard]\nport = 0\n[node]\nhost = "127.0.0.1"\nport = {node_port}\ndata_dir = "{data}"\n'
         f'[database]\nurl = "sqlite:///{data}/avn-node.db"\n[pipeline]\nstudy_idle_seconds = {IDLE_SECONDS}\n'
         f"[security]\nmin_free_disk_mb = 100\n[dispatch]\nretry_first_seconds = 1\n"
         f'[[destinations]]\nname = "archive"\nae_title = "ARCHIVE"\nhost = "127.0.0.1"\nport = {archive_port}\n'

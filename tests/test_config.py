@@ -83,7 +83,6 @@ def test_config_embedded_default_points_at_the_checkout_from_any_directory(
     [
         ("[reporting]\ngsps = true\n", "reporting.gsps"),
         ("[reporting]\nsegmentation = true\n", "reporting.segmentation"),
-        ("[dashboard]\nport = 9000\n", "dashboard"),
     ],
 )
 def test_cli_refuses_a_value_whose_feature_is_not_built_with_exit_2_naming_the_key(tmp_path: Path, toml: str, key: str):
@@ -93,6 +92,17 @@ def test_cli_refuses_a_value_whose_feature_is_not_built_with_exit_2_naming_the_k
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert f"{key}:" in proc.stderr and "not implemented yet" in proc.stderr
+
+
+def test_cli_refuses_a_dashboard_off_loopback_without_a_token_with_exit_2_naming_the_key(tmp_path: Path):
+    config = tmp_path / "open.toml"
+    config.write_text('[dashboard]\nhost = "0.0.0.0"\n')
+    proc = subprocess.run([sys.executable, "-m", "avn_node", "status", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "dashboard.token:" in proc.stderr and "not loopback" in proc.stderr
+    config.write_text('[dashboard]\nhost = "0.0.0.0"\ntoken = "s3cret-token"\n')
+    assert load_settings(config).dashboard.token == "s3cret-token"
 
 
 def test_cli_refuses_celery_on_sqlite_or_without_a_broker_with_exit_2_naming_the_key(tmp_path: Path):

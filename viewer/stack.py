@@ -87,6 +87,7 @@ class ViewerStack:
     orthanc_http_port: int = 8042
     orthanc_dicom_port: int = 4242
     node_port: int = 11112
+    dashboard_port: int = 8080
     stable_seconds: int = 3
     _processes: list[subprocess.Popen] = field(default_factory=list, init=False)
     _server: uvicorn.Server | None = field(default=None, init=False)
@@ -184,6 +185,8 @@ dir = "{self.weights.resolve()}"
 [security]
 allowed_peer_ips = ["127.0.0.1"]
 min_free_disk_mb = 64
+[dashboard]
+port = {self.dashboard_port}
 [[destinations]]
 name = "pacs"
 ae_title = "{PACS_AET}"

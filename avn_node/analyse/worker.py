@@ -28,9 +28,10 @@ from avn_node.analyse.queue import JobQueue, case_instances, mark_analysed
 from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit
 from avn_node.faults import fault_point
+from avn_node.findings import RadiographFinding, head_json
 from avn_node.report.results import ResultSet
 from avn_node.store.files import LocalFileStore, result_key
-from avn_node.store.models import Case, CaseState, Delivery, Instance, Job, Result
+from avn_node.store.models import Case, CaseState, Delivery, Instance, Job, Reading, Result
 
 log = logging.getLogger("avn_node.analyse")
 
@@ -74,7 +75,8 @@ class Worker:
             timings["report"] = time.perf_counter() - step
             step = time.perf_counter()
             written = self._write(sets, known)
-            recorded = self._record(job, written, covered, time.perf_counter() - started, timings, step)
+            readings = [reading_row(r, finding.model.version) for r in finding.radiographs]
+            recorded = self._record(job, written, readings, covered, time.perf_counter() - started, timings, step)
             if recorded:
                 log.info("case %d version %d: %d new result objects in %.2f s", job.case_id, job.version,
                          len(written), time.perf_counter() - started)  # fmt: skip
@@ -137,9 +139,10 @@ class Worker:
                                    sop_class_uid=str(ds.SOPClassUID), file_key=key))  # fmt: skip
         return rows
 
-    def _record(self, job: Job, results: list[Result], covered: list[Instance], seconds: float,
-                timings: dict[str, float], store_started: float) -> bool:  # fmt: skip
-        """One transaction: finish the job, add the results and their deliveries, mark what was analysed."""
+    def _record(self, job: Job, results: list[Result], readings: list[Reading], covered: list[Instance],
+                seconds: float, timings: dict[str, float], store_started: float) -> bool:  # fmt: skip
+        """One transaction: finish the job, add the results, their deliveries and the readings, mark what was
+        analysed."""
         with self.sessions() as session:
             if not self.queue.finish(session, job.id, seconds):
                 session.rollback()
@@ -147,7 +150,7 @@ class Worker:
                 return False
             case = session.get(Case, job.case_id)
             assert case is not None
-            for row in results:
+            for row in [*results, *readings]:
                 row.case_id, row.version = case.id, job.version
                 session.add(row)
             session.flush()
@@ -165,3 +168,17 @@ class Worker:
                                         data={"case": case.id, "version": job.version, "kind": row.kind}))  # fmt: skip
             session.commit()
         return True
+
+
+def reading_row(radiograph: RadiographFinding, model_version: str) -> Reading:
+    """The readings row of one radiograph (case and version set when recorded)."""
+    return Reading(
+        study_instance_uid=radiograph.study_instance_uid,
+        sop_instance_uid=radiograph.sop_instance_uid,
+        model_version=model_version,
+        view=radiograph.view.value if radiograph.view else "",
+        error=radiograph.error,
+        out_of_distribution=radiograph.out_of_distribution,
+        refused_heads=sum(1 for h in radiograph.heads if h.out_of_distribution),
+        heads=[head_json(h) for h in radiograph.heads],
+    )

@@ -282,8 +282,9 @@ def release_claims(session: Session, owner: str) -> int:
     return released
 
 
-def retry_deliveries(session: Session, ids: list[int] | None) -> int:
-    """Re-queue dead or pending deliveries now (``ids`` None: every dead one); returns how many."""
+def retry_deliveries(session: Session, ids: list[int] | None, by: str = "") -> int:
+    """Re-queue dead or pending deliveries now (``ids`` None: every dead one); returns how many. ``by`` names the
+    dashboard user who asked (its event records them)."""
     query = select(Delivery).where(Delivery.state != DeliveryState.SENT)
     query = query.where(Delivery.id.in_(ids)) if ids else query.where(Delivery.state == DeliveryState.DEAD)
     rows = session.scalars(query).all()
@@ -292,6 +293,7 @@ def retry_deliveries(session: Session, ids: list[int] | None) -> int:
         delivery.state = DeliveryState.PENDING
         delivery.next_attempt_at = now
         delivery.created_at = now  # a fresh give-up window
-        emit(session, NodeEvent("delivery.retry", str(delivery.id), data={"destination": delivery.destination}))
+        data = {"destination": delivery.destination, **({"user": by} if by else {})}
+        emit(session, NodeEvent("delivery.retry", str(delivery.id), by and f"by {by}", data))
     session.commit()
     return len(rows)

@@ -186,6 +186,7 @@ class Receiver:
                 study_instance_uid=uid,
                 patient_id=patient,
                 issuer_of_patient_id=issuer,
+                accession_number=str(ds.get("AccessionNumber", "") or "")[:16],
                 study_datetime=study_datetime(ds),
                 first_received_at=now,
             )

@@ -90,6 +90,7 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
     study_datetime: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -186,3 +187,60 @@ class Event(Base):
     subject: Mapped[str] = mapped_column(String(128), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the event's fields, numbers as numbers
+
+
+class Reading(Base):
+    """What the model read on one radiograph of a case version (the SR says the same in DICOM): view, heads with
+    box, side, stage, probabilities, notes and out-of-distribution score — for the dashboard, the review page,
+    the metrics and the drift plot."""
+
+    __tablename__ = "readings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    view: Mapped[str] = mapped_column(String(8), default="")  # AP | FL | "" (not read)
+    error: Mapped[str] = mapped_column(Text, default="")
+    out_of_distribution: Mapped[bool] = mapped_column(Boolean, default=False)
+    refused_heads: Mapped[int] = mapped_column(Integer, default=0)  # heads refused as out of distribution
+    heads: Mapped[list] = mapped_column(JSON, default=list)  # avn_node.findings.head_json per head
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # everything, including retry and retract
+    RADIOLOGIST = "radiologist"  # reads and reviews (labels)
+    VIEWER = "viewer"  # reads only
+
+
+class User(Base):
+    """A dashboard account: an argon2 password hash and the sha256 of its API token (neither kept in clear)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text, default="")
+    token_sha256: Mapped[str] = mapped_column(String(64), default="", index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Label(Base):
+    """A reviewer's confirmed or corrected reading of one radiograph; the newest per radiograph counts."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    reading_id: Mapped[int | None] = mapped_column(ForeignKey("readings.id"), nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    reviewer: Mapped[str] = mapped_column(String(64))
+    view: Mapped[str] = mapped_column(String(8))
+    heads: Mapped[list] = mapped_column(JSON, default=list)  # side, circle [cx, cy, r], stage, notes
+    changes: Mapped[list] = mapped_column(JSON, default=list)  # what differs from the model's reading
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

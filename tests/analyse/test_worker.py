@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
+from avn_node.findings import CaseFinding, ModelInfo
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Status
@@ -30,12 +31,12 @@ class FakeAnalyzer:
     def __init__(self, during: Callable[[], None] = lambda: None) -> None:
         self.during, self.timings, self.seen = during, {"read": 0.0}, []
 
-    def analyse(self, sources: Sequence[Dataset]) -> object:
+    def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
         self.seen.append(sorted(str(ds.SOPInstanceUID) for ds in sources))
         self.during()
-        return object()
+        return CaseFinding((), (), ModelInfo("fake", self.version, "0" * 64, 256, 160, True))
 
-    def report(self, finding: object, sources: Mapping[str, Dataset], case_version: int,
+    def report(self, finding: CaseFinding, sources: Mapping[str, Dataset], case_version: int,
                predecessors: Mapping[str, Sequence[Dataset]]) -> list[ResultSet]:  # fmt: skip
         return []
 

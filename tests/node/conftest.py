@@ -67,6 +67,9 @@ class Node:
     env: dict[str, str] = field(default_factory=dict)  # e.g. AVN_FAULT
     database_url: str = ""  # default: SQLite in the data folder
     tail: str = ""  # TOML appended last, e.g. a [[destinations]] of another kind
+    dashboard_port: int = field(default_factory=free_port)
+    dashboard_host: str = "127.0.0.1"
+    dashboard_token: str = ""
     process: subprocess.Popen | None = None
 
     @property
@@ -86,6 +89,8 @@ class Node:
             "models": f'dir = "{WEIGHTS}"\nthreads = 2',
             "dispatch": "retry_first_seconds = 1",
             "security": f"min_free_disk_mb = {self.min_free_disk_mb}\n{self.extra}",
+            "dashboard": f'host = "{self.dashboard_host}"\nport = {self.dashboard_port}\n'
+            f'token = "{self.dashboard_token}"',
         }
         for name, lines in self.sections.items():
             sections[name] = f"{sections.get(name, '')}\n{lines}"

@@ -35,10 +35,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStack]:
     if not DICOMWEB_PLUGIN.is_file():
         pytest.fail("Orthanc's DICOMweb plugin is missing: run the tests through `make test`, which installs it")
     root = tmp_path_factory.mktemp("viewer")
-    viewer, orthanc_http, orthanc_dicom, node = free_ports(4)
+    viewer, orthanc_http, orthanc_dicom, node, dashboard = free_ports(5)
     with ViewerStack(
         root, ohif_dist(ROOT / "build"), WEIGHTS, viewer_port=viewer, orthanc_http_port=orthanc_http,
-        orthanc_dicom_port=orthanc_dicom, node_port=node, stable_seconds=1,
+        orthanc_dicom_port=orthanc_dicom, node_port=node, dashboard_port=dashboard, stable_seconds=1,
     ) as running:  # fmt: skip
         yield running
 
