@@ -596,6 +596,34 @@ def users_add(
     typer.echo(f"user {name} ({role}) added; API token (shown once): {token}")
 
 
+labels_app = typer.Typer(help="Reviewers' labels from the dashboard's review page.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("export")
+def labels_export(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the DICOM files and ground_truth.json.")],
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="De-identify the files (dicognito).")] = False,
+    key: Annotated[Path | None, typer.Option(help="With --deidentify: the CSV that maps new IDs and UIDs back "
+                                                  "(default: OUT-key.csv beside OUT, never inside it).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """The newest label of every reviewed radiograph as a training set (DESIGN §5) for ``train --init-from`` and
+    ``evaluate``, with agreement.json / agreement.md (model against reviewers)."""
+    from avn_node.labels import export
+    from avn_node.store.files import LocalFileStore
+
+    settings = _settings(config)
+    key = key or out.with_name(f"{out.name}-key.csv")
+    if deidentify and key.resolve().is_relative_to(out.resolve()):
+        raise typer.BadParameter("the key must lie outside the exported folder", param_hint="--key")
+    with _database(settings)() as session:
+        summary = export(session, LocalFileStore(settings.node.data_dir), out, deidentify, key if deidentify else None)
+    typer.echo(f"{summary.radiographs} radiographs, {summary.heads} heads written to {out}"
+               + (f"; key: {key}" if deidentify and summary.radiographs else "")
+               + (f"; {summary.missing} labelled files are gone (purged) and were left out" if summary.missing else ""))
+
+
 deliveries_app = typer.Typer(help="Deliveries of results to destinations.", no_args_is_help=True)
 app.add_typer(deliveries_app, name="deliveries")
 

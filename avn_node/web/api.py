@@ -16,6 +16,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from avn_node.dispatch.sender import retry_deliveries
+from avn_node.ground_truth import FicatStage, Side, View
+from avn_node.labels import HeadLabel, LabelError, store_label
 from avn_node.store.models import Delivery, DeliveryState, Label, Role
 from avn_node.web import queries
 from avn_node.web.auth import Principal, require
@@ -25,6 +27,7 @@ from avn_node.web.schemas import (
     DriftWeek,
     Failures,
     Health,
+    LabelIn,
     LabelOut,
     Overview,
     ResultOut,
@@ -140,6 +143,18 @@ def get_drift(session: DB, _: Viewer) -> list[DriftWeek]:
 def get_labels(session: DB, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LabelOut]:
     rows = session.scalars(select(Label).order_by(Label.id.desc()).limit(limit))
     return [queries.label_out(row) for row in rows]
+
+
+@api.post("/labels", response_model=LabelOut, responses={422: {"description": "a label the ground truth cannot hold"}})
+def post_label(label: LabelIn, request: Request, session: DB) -> LabelOut:
+    """Store a reviewer's reading of one radiograph (radiologist or admin); the newest per radiograph counts."""
+    who = require(request, Role.RADIOLOGIST, changes=True)
+    heads = [HeadLabel(Side(h.side), h.circle, FicatStage(h.stage), tuple(h.notes)) for h in label.heads]
+    try:
+        row = store_label(session, request.app.state.files, label.sop_instance_uid, View(label.view), heads, who.name)
+    except LabelError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return queries.label_out(row)
 
 
 @health.get("/healthz", response_model=Health)

@@ -1,5 +1,5 @@
-"""Server-rendered pages (Jinja2): overview, studies, study, failures with retry, models, login; and the PNGs
-they show (radiographs, captures, the drift plot, the model's evaluation plots)."""
+"""Server-rendered pages (Jinja2): overview, studies, study, review, failures with retry, models, login; and the
+PNGs they show (radiographs, captures, the drift plot, the model's evaluation plots)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from markdown_it import MarkdownIt
 from sqlalchemy import select
 
 from avn_node.dispatch.sender import retry_deliveries
-from avn_node.store.models import Delivery, DeliveryState, Instance, Result, Role
+from avn_node.ground_truth import NOTE_STAGES, NOTES, STAGES
+from avn_node.labels import circle_of_box, image_size, latest_reading
+from avn_node.store.models import Delivery, DeliveryState, Instance, Label, Result, Role
 from avn_node.web import queries
 from avn_node.web.auth import Principal, check_csrf, check_password, csrf_token, principal, require
 from avn_node.web.images import png, sr_tree
@@ -81,6 +83,40 @@ def study_page(request: Request, study_instance_uid: str) -> HTMLResponse:
             row = session.get(Result, latest_sr.id)
             tree = sr_tree(request.app.state.files.local_path(row.file_key))
     return _page(request, "study.html", who, d=detail, tree=tree, latest_sr=latest_sr)
+
+
+@pages.get("/review/{sop_instance_uid}", response_class=HTMLResponse)
+def review_page(request: Request, sop_instance_uid: str) -> HTMLResponse:
+    """One radiograph with the model's heads (or the newest label) as circles to correct and confirm."""
+    who = _who(request)
+    files = request.app.state.files
+    with request.app.state.sessions() as session:
+        instance = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).first()
+        if instance is None or not files.local_path(instance.file_key).is_file():
+            raise HTTPException(404, "no such stored radiograph")
+        columns, rows = image_size(files, instance)
+        reading = latest_reading(session, sop_instance_uid)
+        label = session.scalars(select(Label).where(Label.sop_instance_uid == sop_instance_uid)
+                                .order_by(Label.id.desc())).first()  # fmt: skip
+        if label is not None:
+            view, heads, source = label.view, label.heads, f"label by {label.reviewer}"
+        elif reading is not None:
+            view, source = reading.view or "AP", f"model {reading.model_version}"
+            heads = [{"side": h["side"], "circle": list(circle_of_box(h["box"])), "stage": h["stage"],
+                      "notes": h["notes"], "refused": h["out_of_distribution"]} for h in reading.heads]  # fmt: skip
+        else:
+            view, heads, source = "AP", [], "not read"
+        labelled = select(Label.sop_instance_uid)
+        after = (select(Instance.sop_instance_uid)
+                 .where(Instance.id > instance.id, Instance.state == "accepted",
+                        Instance.sop_instance_uid.not_in(labelled))
+                 .order_by(Instance.id))  # fmt: skip
+        next_sop = session.scalars(after).first()
+    state = {"sop": sop_instance_uid, "columns": columns, "rows": rows, "view": view, "heads": heads,
+             "stages": [s.value for s in STAGES], "notes": {n.value: sorted(s.value for s in NOTE_STAGES[n])
+                                                            for n in NOTES}}  # fmt: skip
+    return _page(request, "review.html", who, state=state, source=source, study=instance.study_instance_uid,
+                 next_sop=next_sop, may_label=who.may(Role.RADIOLOGIST))  # fmt: skip
 
 
 @pages.get("/failures", response_class=HTMLResponse)

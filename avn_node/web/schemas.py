@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from avn_node.ground_truth import Note
 
 
 class Counts(BaseModel):
@@ -191,3 +194,20 @@ class CaseOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class HeadIn(BaseModel):
+    """A femoral head as the reviewer drew it."""
+
+    side: Literal["R", "L"]
+    circle: tuple[float, float, float] = Field(description="centre column, centre row, radius (stored pixels)")
+    stage: Literal["absence", "II", "III", "IV"]
+    notes: list[Note] = Field(default=[], max_length=7)
+
+
+class LabelIn(BaseModel):
+    """A reviewer's confirmed or corrected reading of one radiograph."""
+
+    sop_instance_uid: str = Field(max_length=64)
+    view: Literal["AP", "FL"]
+    heads: list[HeadIn] = Field(max_length=2)
