@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -55,6 +55,7 @@ def admin_change(request: Request) -> Principal:
 
 
 DB = Annotated[Session, Depends(db)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1, description="row id (a 32-bit INTEGER on every database)")]
 Viewer = Annotated[Principal, Depends(viewer)]
 AdminChange = Annotated[Principal, Depends(admin_change)]
 
@@ -93,12 +94,12 @@ def get_study(study_instance_uid: str, session: DB, _: Viewer) -> StudyDetail:
 
 
 @api.get("/cases/{case_id}", response_model=CaseOut)
-def get_case(case_id: int, session: DB, _: Viewer) -> CaseOut:
+def get_case(case_id: RowId, session: DB, _: Viewer) -> CaseOut:
     return _found(queries.case_detail(session, case_id), "such case")
 
 
 @api.get("/results/{result_id}", response_model=ResultOut)
-def get_result(result_id: int, session: DB, _: Viewer) -> ResultOut:
+def get_result(result_id: RowId, session: DB, _: Viewer) -> ResultOut:
     return _found(queries.result_detail(session, result_id), "such result")
 
 
@@ -114,7 +115,7 @@ def get_deliveries(
 
 
 @api.post("/deliveries/{delivery_id}/retry", response_model=RetryOut)
-def post_retry(delivery_id: int, session: DB, who: AdminChange) -> RetryOut:
+def post_retry(delivery_id: RowId, session: DB, who: AdminChange) -> RetryOut:
     """Send this delivery again now (a fresh give-up window); 409 when it was sent already."""
     delivery = _found(session.get(Delivery, delivery_id), "such delivery")
     if delivery.state == DeliveryState.SENT:

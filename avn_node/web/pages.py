@@ -20,6 +20,7 @@ from avn_node.ground_truth import NOTE_STAGES, NOTES, STAGES
 from avn_node.labels import circle_of_box, image_size, latest_reading
 from avn_node.store.models import Delivery, DeliveryState, Instance, Label, Result, Role
 from avn_node.web import queries
+from avn_node.web.api import RowId
 from avn_node.web.auth import Principal, check_csrf, check_password, csrf_token, principal, require
 from avn_node.web.images import png, sr_tree
 
@@ -128,7 +129,7 @@ def failures_page(request: Request) -> HTMLResponse:
 
 
 @pages.post("/failures/deliveries/{delivery_id}/retry")
-def retry_page(request: Request, delivery_id: int, csrf: Annotated[str, Form()] = "") -> RedirectResponse:
+def retry_page(request: Request, delivery_id: RowId, csrf: Annotated[str, Form()] = "") -> RedirectResponse:
     who = require(request, Role.ADMIN, csrf, changes=True)
     with request.app.state.sessions() as session:
         delivery = session.get(Delivery, delivery_id)
@@ -181,7 +182,7 @@ def instance_png(request: Request, sop_instance_uid: str, size: Size = 256) -> R
 
 
 @pages.get("/images/results/{result_id}.png")
-def result_png(request: Request, result_id: int, size: Size = 256) -> Response:
+def result_png(request: Request, result_id: RowId, size: Size = 256) -> Response:
     _who(request)
     with request.app.state.sessions() as session:
         row = session.get(Result, result_id)
