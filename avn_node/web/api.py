@@ -21,6 +21,7 @@ from avn_node.labels import HeadLabel, LabelError, store_label
 from avn_node.store.models import Delivery, DeliveryState, Label, Role
 from avn_node.web import queries
 from avn_node.web.auth import Principal, require
+from avn_node.web.retraction import RetractionError, retract
 from avn_node.web.schemas import (
     CaseOut,
     DeliveryOut,
@@ -31,6 +32,7 @@ from avn_node.web.schemas import (
     LabelOut,
     Overview,
     ResultOut,
+    RetractIn,
     RetryOut,
     StudyDetail,
     StudySummary,
@@ -127,6 +129,20 @@ def post_retry(delivery_id: RowId, session: DB, who: AdminChange) -> RetryOut:
 def post_retry_dead(session: DB, who: AdminChange) -> RetryOut:
     """Send every dead delivery again."""
     return RetryOut(requeued=retry_deliveries(session, None, by=who.name))
+
+
+@api.post("/studies/{study_instance_uid}/retract", response_model=ResultOut,
+          responses={409: {"description": "nothing to retract"}})  # fmt: skip
+def post_retract(
+    study_instance_uid: str, body: RetractIn, request: Request, session: DB, who: AdminChange
+) -> ResultOut:
+    """Retract a version's result set: a "Rejected for Quality Reasons" KOS naming it goes to every destination."""
+    try:
+        row = retract(session, request.app.state.files, request.app.state.destinations, study_instance_uid,
+                      body.version, body.reason, who.name)  # fmt: skip
+    except RetractionError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return _found(queries.result_detail(session, row.id), "such result")
 
 
 @api.get("/failures", response_model=Failures)

@@ -51,6 +51,7 @@ def create_app(settings: Settings, sessions: sessionmaker[Session], files: Local
     )
     app.state.sessions = sessions
     app.state.files = files
+    app.state.destinations = [d.name for d in settings.destinations]
     app.state.token = settings.dashboard.token
     app.state.loopback = is_loopback(settings.dashboard.host)
     app.state.weights = Path(settings.models.dir) if settings.models.dir else None

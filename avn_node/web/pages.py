@@ -23,6 +23,7 @@ from avn_node.web import queries
 from avn_node.web.api import RowId
 from avn_node.web.auth import Principal, check_csrf, check_password, csrf_token, principal, require
 from avn_node.web.images import png, sr_tree
+from avn_node.web.retraction import RetractionError, retract
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 TEMPLATES.env.filters["short"] = queries.short_uid
@@ -138,6 +139,24 @@ def retry_page(request: Request, delivery_id: RowId, csrf: Annotated[str, Form()
         if delivery.state != DeliveryState.SENT:
             retry_deliveries(session, [delivery_id], by=who.name)
     return RedirectResponse(request.headers.get("referer") or "/failures", status_code=303)
+
+
+@pages.post("/studies/{study_instance_uid}/retract")
+def retract_page(
+    request: Request,
+    study_instance_uid: str,
+    version: Annotated[int, Form(ge=1, le=2**31 - 1)],
+    reason: Annotated[str, Form(min_length=3, max_length=1024)],
+    csrf: Annotated[str, Form()] = "",
+) -> RedirectResponse:
+    who = require(request, Role.ADMIN, csrf, changes=True)
+    with request.app.state.sessions() as session:
+        try:
+            retract(session, request.app.state.files, request.app.state.destinations, study_instance_uid, version,
+                    reason, who.name)  # fmt: skip
+        except RetractionError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return RedirectResponse(f"/studies/{study_instance_uid}", status_code=303)
 
 
 @pages.get("/models", response_class=HTMLResponse)

@@ -41,6 +41,7 @@ from avn_node.web.schemas import (
     QueueDepth,
     ReadingOut,
     ResultOut,
+    Retraction,
     StudyDetail,
     StudySummary,
 )
@@ -235,6 +236,9 @@ def study_detail(session: Session, uid: str) -> StudyDetail | None:
     for d in deliveries:
         per_result[d.result_id].append(_delivery(d, history.get(str(d.id), [])))
     labels = session.scalars(select(Label).where(Label.study_instance_uid == uid).order_by(Label.id))
+    retracted = session.scalars(
+        select(Event).where(Event.kind == "result.retracted", Event.subject == uid).order_by(Event.id)
+    )
     return StudyDetail(
         summary=_summaries(session, [study])[0],
         instances=[
@@ -253,6 +257,11 @@ def study_detail(session: Session, uid: str) -> StudyDetail | None:
         readings=[reading_out(r) for r in readings if r.study_instance_uid == uid],
         results=[_result(r, per_result.get(r.id, [])) for r in results],
         labels=[label_out(label) for label in labels],
+        retractions=[
+            Retraction(at=e.at, version=e.data["version"], user=e.data["user"], reason=e.detail,
+                       rejection_sop_instance_uid=e.data["rejection"])  # fmt: skip
+            for e in retracted
+        ],
     )
 
 

@@ -143,12 +143,28 @@ class LabelOut(BaseModel):
     created_at: datetime
 
 
+class Retraction(BaseModel):
+    """A result set taken back: the rejection note (KOS, "Rejected for Quality Reasons") sent for it."""
+
+    at: datetime
+    version: int
+    user: str
+    reason: str
+    rejection_sop_instance_uid: str
+
+
+class RetractIn(BaseModel):
+    version: int = Field(ge=1, le=2**31 - 1)
+    reason: str = Field(min_length=3, max_length=1024)
+
+
 class StudyDetail(BaseModel):
     summary: StudySummary
     instances: list[InstanceOut]
     readings: list[ReadingOut] = Field(description="the latest version's reading of each radiograph")
     results: list[ResultOut]
     labels: list[LabelOut]
+    retractions: list[Retraction]
 
 
 class JobOut(BaseModel):

@@ -31,6 +31,7 @@ from tests.report.conftest import MODEL, finding_from_truth
 
 TOKEN = "dashboard-admin-token-for-tests"
 PASSWORD = "correct horse battery"
+ARCHIVE = Destination(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=1)
 
 
 class TruthAnalyzer:
@@ -77,8 +78,7 @@ def _node_data_once(phantom_set: Path, tmp_path_factory: pytest.TempPathFactory)
             incoming = receiver.settings.tmp_dir / "in.dcm"
             shutil.copyfile(phantom_set / r.file, incoming)
             assert receiver.store(incoming, "MODALITY") == Status.SUCCESS
-    archive = Destination(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=1)
-    settings = receiver.settings.model_copy(update={"destinations": [archive]})
+    settings = receiver.settings.model_copy(update={"destinations": [ARCHIVE]})
     with receiver.sessions() as session:
         close_stable_studies(session, settings.pipeline, utcnow() + timedelta(hours=1))
         schedule_cases(session, settings.pipeline)
@@ -117,7 +117,7 @@ def node_data(_node_data_once: Path, tmp_path: Path) -> Iterator[NodeData]:
 
 
 def dashboard_settings(data: NodeData, host: str) -> Settings:
-    return data.settings.model_copy(update={"dashboard": data.settings.dashboard.model_copy(
+    return data.settings.model_copy(update={"destinations": [ARCHIVE], "dashboard": data.settings.dashboard.model_copy(
         update={"host": host, "token": TOKEN})})  # fmt: skip
 
 

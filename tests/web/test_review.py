@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 
 from avn_node.ground_truth import GroundTruth
 from avn_node.labels import box_of_circle, circle_of_box
-from avn_node.store.models import Role
+from avn_node.store.models import Result, Role
+from tests.conftest import dciodvfy_errors
 from tests.web.conftest import NodeData, csrf_of, make_user
 
 
@@ -141,3 +142,32 @@ def _export(data: NodeData, tmp_path: Path, *args: str) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "1 radiographs, 2 heads" in proc.stdout
+
+
+def test_retracting_a_version_sends_a_rejection_note_naming_its_results(local_client, node_data, tmp_path):  # noqa: ANN001
+    uid = node_data.studies[0]
+    detail = local_client.get(f"/api/v1/studies/{uid}").json()
+    named = {r["sop_instance_uid"] for r in detail["results"]}
+    url = f"/api/v1/studies/{uid}/retract"
+    body = {"version": 1, "reason": "wrong patient: images of another hip"}
+    assert local_client.post(url, json=body).status_code == 403  # a browser needs its CSRF token
+    response = local_client.post(url, json=body, headers={"X-CSRF-Token": csrf_of(local_client)})
+    assert response.status_code == 200, response.text
+    note = response.json()
+    assert note["kind"] == "kos" and [d["destination"] for d in note["deliveries"]] == ["archive"]
+    with node_data.receiver.sessions() as session:
+        row = session.get(Result, note["id"])
+        path = node_data.receiver.files.local_path(row.file_key)
+    ds = pydicom.dcmread(path)
+    assert ds.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    assert str(ds.StudyInstanceUID) == uid and ds.PatientID == detail["summary"]["patient_id"]
+    referenced = {ref.ReferencedSOPInstanceUID for study in ds.CurrentRequestedProcedureEvidenceSequence
+                  for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}  # fmt: skip
+    assert referenced == named
+    assert dciodvfy_errors(path) == []
+    shown = local_client.get(f"/api/v1/studies/{uid}").json()["retractions"]
+    assert shown[0]["user"] == "local" and shown[0]["reason"] == body["reason"]
+    again = local_client.post(url, json=body, headers={"X-CSRF-Token": csrf_of(local_client)})
+    assert again.status_code == 409 and "already" in again.json()["detail"]
+    assert local_client.post(url, json={**body, "version": 7},
+                             headers={"X-CSRF-Token": csrf_of(local_client)}).status_code == 409  # fmt: skip
