@@ -389,10 +389,14 @@ def serve(config: ConfigOption = None) -> None:
     import threading
 
     from avn_node.logs import configure_logging
+    from avn_node.metrics import share_between_processes
     from avn_node.models.weights import WeightsError
-    from avn_node.serve import serve as run_node
 
     settings = _settings(config)
+    if settings.queue.backend == "celery":  # the jobs run in the workers: their histograms reach our /metrics
+        share_between_processes(settings.node.data_dir)
+    from avn_node.serve import serve as run_node
+
     configure_logging(settings.logging.level, settings.logging.json_logs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # stop accepting, finish the running job, exit
@@ -419,8 +423,8 @@ def worker(
 ) -> None:
     """A Celery worker for the analysis, report and dispatch stages ([queue] backend = "celery"; DESIGN §3)."""
     from avn_node.logs import configure_logging
+    from avn_node.metrics import share_between_processes
     from avn_node.models.weights import WeightsError
-    from avn_node.serve import CeleryWorker
     from avn_node.store.database import DatabaseNotReadyError
 
     settings = _settings(config)
@@ -428,6 +432,9 @@ def worker(
         typer.echo('Error: key "queue.backend": a worker needs backend = "celery" (with "local", serve analyses '
                    "in its own process)", err=True)  # fmt: skip
         raise typer.Exit(EXIT_USAGE)
+    share_between_processes(settings.node.data_dir)
+    from avn_node.serve import CeleryWorker
+
     configure_logging(settings.logging.level, settings.logging.json_logs)
     try:
         code = CeleryWorker(settings, name).run()

@@ -29,6 +29,7 @@ from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit
 from avn_node.faults import fault_point
 from avn_node.findings import RadiographFinding, head_json
+from avn_node.metrics import observe_job
 from avn_node.report.results import ResultSet
 from avn_node.store.files import LocalFileStore, result_key
 from avn_node.store.models import Case, CaseState, Delivery, Instance, Job, Reading, Result
@@ -78,6 +79,7 @@ class Worker:
             readings = [reading_row(r, finding.model.version) for r in finding.radiographs]
             recorded = self._record(job, written, readings, covered, time.perf_counter() - started, timings, step)
             if recorded:
+                observe_job(timings)
                 log.info("case %d version %d: %d new result objects in %.2f s", job.case_id, job.version,
                          len(written), time.perf_counter() - started)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a failed job is recorded, never lost

@@ -3,7 +3,8 @@
 Everything that describes state is counted in the database at scrape time, so it is right whichever process did
 the work (serve, any Celery worker): instances by state, bytes, refusals by DICOM status, rejected
 associations, studies, cases, jobs and deliveries by state and destination, job durations, readings and
-refused heads. What only this process sees — associations it accepted — comes from its own counter.
+refused heads. Durations of the job stages and the associations accepted are counted by the processes that saw
+them (:mod:`avn_node.metrics`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from avn_node import metrics as process_metrics
 from avn_node.events import NodeEvent
 from avn_node.store.models import Case, Delivery, Event, Instance, Job, JobState, Reading, Study
 
@@ -112,10 +114,14 @@ class DatabaseCollector(Collector):
 
 
 def registry(sessions: sessionmaker[Session]) -> tuple[CollectorRegistry, Counter]:
-    """A registry with the database collector, and this process's accepted-associations counter."""
+    """A registry with the database collector, the stage histograms (:mod:`avn_node.metrics`) and this process's
+    accepted-associations counter (shared between processes like the histograms, in multiprocess mode)."""
     reg = CollectorRegistry()
     reg.register(DatabaseCollector(sessions))
-    accepted = Counter("avn_associations_accepted", "Associations accepted by this process", registry=reg)
+    accepted = Counter("avn_associations_accepted", "Associations accepted", registry=None)
+    if not process_metrics.multiprocess():
+        reg.register(accepted)
+    process_metrics.add_to(reg)
     return reg, accepted
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
@@ -159,3 +163,23 @@ def test_readyz_says_503_when_the_database_does_not_answer(node_data: NodeData, 
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 503
     app.state.unsubscribe()
+
+
+def test_metrics_carry_the_stage_durations_of_the_jobs_this_process_ran(local_client: TestClient):
+    text = local_client.get("/metrics").text
+    counts = dict(re.findall(r'^avn_stage_seconds_count\{stage="(\w+)"\} (\d+)\.0$', text, re.M))
+    assert int(counts["report"]) >= 3 and int(counts["store"]) >= 3, counts
+
+
+def test_worker_processes_stage_durations_add_up_in_multiprocess_mode(tmp_path: Path):
+    """Two processes observe one job each; a third (the dashboard's side) reads both from the shared folder."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    observe = "from avn_node.metrics import observe_job; observe_job({'detect': 0.3, 'classify': 0.7})"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", observe], env=env, check=True, timeout=60)
+    read = ("from prometheus_client import CollectorRegistry, generate_latest; from avn_node import metrics; "
+            "r = CollectorRegistry(); metrics.add_to(r); print(generate_latest(r).decode())")  # fmt: skip
+    text = subprocess.run([sys.executable, "-c", read], env=env, check=True, timeout=60, capture_output=True,
+                          text=True).stdout  # fmt: skip
+    assert re.search(r'^avn_stage_seconds_count\{stage="detect"\} 2\.0$', text, re.M), text
+    assert re.search(r'^avn_stage_seconds_sum\{stage="classify"\} 1\.4', text, re.M), text
