@@ -40,9 +40,9 @@ run: setup
 viewer: setup
 	$(PY) -m viewer
 
-# Regenerates the OHIF screenshots shown in the README (the browser test saves them).
+# Regenerates the OHIF and dashboard screenshots shown in the README (the browser tests save them).
 viewer-screenshots: setup
-	AVN_VIEWER_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/viewer
+	AVN_VIEWER_SCREENSHOTS=docs/img AVN_DASHBOARD_SCREENSHOTS=docs/img $(PY) -m pytest -q tests/viewer tests/web/test_browser.py
 
 # Every test; one stuck longer than its timeout (pyproject: 300 s unless marked) fails with its stacks.
 test: setup
@@ -69,7 +69,7 @@ BASE := models/avn-demo-v2
 WEIGHTS := models/avn-demo-v3
 weights: setup
 	rm -rf var/weights $(WEIGHTS)/checkpoints
-	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 300 --seed 303 --style classic=1,varied=3,alt=1 \
+	$(VENV)/bin/avn-node phantom --out var/weights/train --studies 500 --seed 303 --style classic=1,varied=3,alt=1 \
 	  --syntax-mix explicit=1 --size-range 1000 2400 --workers 2
 	$(VENV)/bin/avn-node train --data var/weights/train --out $(WEIGHTS) --profile $(PROFILE) --seed 1 \
 	  --version avn-demo-v3 --init-from $(BASE)

@@ -2,5 +2,5 @@
 
 from pathlib import Path
 
-# The shipped demo weights (their model card: models/avn-demo-v2/model_card.md), relative to the checkout.
-DEFAULT_WEIGHTS = Path("models/avn-demo-v2")
+# The shipped demo weights (their model card: models/avn-demo-v3/model_card.md), relative to the checkout.
+DEFAULT_WEIGHTS = Path("models/avn-demo-v3")

@@ -63,7 +63,7 @@ class Analyzer:
     """Loads a weights folder once; reads cases.
 
     Parameters:
-        weights: the weights folder (``models/avn-demo-v2``).
+        weights: the weights folder (``models/avn-demo-v3``).
         threads: torch intra-op threads.
         tta: average over the five paper scales (True) or use the middle one only.
         refuse_out_of_distribution: refuse heads beyond the weights' out-of-distribution threshold

@@ -42,16 +42,16 @@ PRESETS: dict[str, Preset] = {
         classifier_lr=1e-4,
         crops_per_head=5,
     ),
-    # `make weights` on 2 CPU cores in ≤ 90 min: avn-demo-v2 starts from avn-demo-v1 (``--init-from``) and
-    # adapts both networks to the three phantom styles; fewer epochs and crops than "cpu", lower detector rate.
+    # `make weights` on 2 CPU cores in ≤ 90 min: each demo version starts from the one before (``--init-from``)
+    # and adapts both networks to the phantom's styles; fewer epochs and crops than "cpu", lower detector rate.
     "cpu-finetune": Preset(
         name="cpu-finetune",
         detector_size=256,
-        detector_epochs=8,
+        detector_epochs=14,
         detector_batch=16,
         detector_lr=5e-4,
         crop_size=160,
-        classifier_epochs=6,
+        classifier_epochs=9,
         classifier_batch=32,
         classifier_lr=1e-4,
         crops_per_head=3,
