@@ -36,6 +36,12 @@ AUDITED = {
     "delivery.done": (INSTANCES_TRANSFERRED, "R", SUCCESS),
     "delivery.dead": (INSTANCES_TRANSFERRED, "R", SERIOUS_FAILURE),
     "purge": (STUDY_DELETED, "D", SUCCESS),
+    # dashboard actions, each naming its user in Detail
+    "user.login": (USER_AUTHENTICATION, "E", SUCCESS),
+    "user.login_failed": (USER_AUTHENTICATION, "E", MINOR_FAILURE),
+    "delivery.retry": (APPLICATION_ACTIVITY, "E", SUCCESS),
+    "label.stored": (APPLICATION_ACTIVITY, "C", SUCCESS),
+    "result.retracted": (APPLICATION_ACTIVITY, "D", SUCCESS),
 }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from avn_node import __version__
+from avn_node.events import NodeEvent, emit
 from avn_node.ground_truth import (
     STAGES,
     FicatStage,
@@ -171,6 +172,9 @@ def store_label(session: Session, files: LocalFileStore, sop_instance_uid: str, 
         changes=changes(reading.view if reading else "", reading.heads if reading else [], view, heads),
     )  # fmt: skip
     session.add(label)
+    emit(session, NodeEvent("label.stored", sop_instance_uid, "; ".join(label.changes) or "confirmed as read",
+                            data={"user": reviewer, "study": instance.study_instance_uid,
+                                  "model_version": label.model_version}))  # fmt: skip
     session.commit()
     return label
 

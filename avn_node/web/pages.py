@@ -16,6 +16,7 @@ from markdown_it import MarkdownIt
 from sqlalchemy import select
 
 from avn_node.dispatch.sender import retry_deliveries
+from avn_node.events import NodeEvent, emit
 from avn_node.ground_truth import NOTE_STAGES, NOTES, STAGES
 from avn_node.labels import circle_of_box, image_size, latest_reading
 from avn_node.store.models import Delivery, DeliveryState, Instance, Label, Result, Role
@@ -260,6 +261,10 @@ def login(
     check_csrf(request, csrf)
     with request.app.state.sessions() as session:
         user = check_password(session, username, password)
+        kind = "user.login" if user is not None else "user.login_failed"
+        emit(session, NodeEvent(kind, username[:64], data={"user": username[:64],
+                                                          "address": request.client.host if request.client else ""}))
+        session.commit()
     if user is None:
         return RedirectResponse(f"/login?failed=1&next={quote(_local(next))}", status_code=303)
     request.session.clear()  # a new session (and CSRF token) for the logged-in user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,6 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import sessionmaker
 
+from avn_node.audit import AuditLog
+from avn_node.events import subscribe
 from avn_node.store.models import Delivery, DeliveryState, Event, Role
 from avn_node.web.app import create_app
 from tests.web.conftest import PASSWORD, TOKEN, NodeData, csrf_of, make_user
@@ -183,3 +186,32 @@ def test_worker_processes_stage_durations_add_up_in_multiprocess_mode(tmp_path: 
                           text=True).stdout  # fmt: skip
     assert re.search(r'^avn_stage_seconds_count\{stage="detect"\} 2\.0$', text, re.M), text
     assert re.search(r'^avn_stage_seconds_sum\{stage="classify"\} 1\.4', text, re.M), text
+
+
+def test_retry_of_every_dead_delivery_requeues_them_all(local_client: TestClient, node_data: NodeData):
+    done = local_client.post("/api/v1/deliveries/retry", headers={"X-CSRF-Token": csrf_of(local_client)})
+    assert done.json() == {"requeued": 1}
+    assert local_client.get("/api/v1/deliveries", params={"state": "dead"}).json() == []
+
+
+def test_dashboard_actions_reach_the_audit_log_naming_the_user(open_app, node_data: NodeData, tmp_path: Path):  # noqa: ANN001
+    admin = make_user(node_data, "adam", Role.ADMIN)
+    log = tmp_path / "audit.jsonl"
+    unsubscribe = subscribe(AuditLog(log, "AVN_NODE"))
+    try:
+        with TestClient(open_app) as client:
+            csrf = csrf_of(client, "/login")
+            client.post("/login", data={"username": "adam", "password": "wrong", "csrf": csrf})
+            client.post("/login", data={"username": "adam", "password": PASSWORD, "csrf": csrf})
+            bearer = {"Authorization": f"Bearer {admin}"}
+            client.post(f"/api/v1/deliveries/{node_data.dead_delivery}/retry", headers=bearer)
+            client.post(f"/api/v1/studies/{node_data.studies[0]}/retract", headers=bearer,
+                        json={"version": 1, "reason": "wrong side marker"})  # fmt: skip
+    finally:
+        unsubscribe()
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = {e["EventTypeText"]: e for e in entries}
+    assert kinds["user.login_failed"]["EventOutcomeIndicator"] == 4
+    for kind in ("user.login", "user.login_failed", "delivery.retry", "result.retracted"):
+        assert kinds[kind]["Detail"]["user"] == "adam", kind
+    assert "wrong" not in json.dumps(kinds["user.login_failed"]), "a password never reaches the audit log"

@@ -12,10 +12,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from avn_node.ground_truth import GroundTruth
 from avn_node.labels import box_of_circle, circle_of_box
-from avn_node.store.models import Result, Role
+from avn_node.store.models import Event, Result, Role
 from tests.conftest import dciodvfy_errors
 from tests.web.conftest import NodeData, csrf_of, make_user
 
@@ -171,3 +172,10 @@ def test_retracting_a_version_sends_a_rejection_note_naming_its_results(local_cl
     assert again.status_code == 409 and "already" in again.json()["detail"]
     assert local_client.post(url, json={**body, "version": 7},
                              headers={"X-CSRF-Token": csrf_of(local_client)}).status_code == 409  # fmt: skip
+
+
+def test_a_stored_label_is_an_event_naming_the_reviewer(local_client: TestClient, node_data: NodeData):
+    assert _post(local_client, _corrected(_reading(local_client, node_data))).status_code == 200
+    with node_data.receiver.sessions() as session:
+        event = session.scalars(select(Event).where(Event.kind == "label.stored")).one()
+    assert event.data["user"] == "local" and "circle moved" in event.detail
