@@ -4,6 +4,7 @@ PNGs they show (radiographs, captures, the drift plot, the model's evaluation pl
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Annotated
@@ -64,12 +65,21 @@ def studies_page(
     request: Request,
     q: Annotated[str, Query(max_length=64)] = "",
     state: Annotated[str, Query(pattern="^(|receiving|complete)$")] = "",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    date_from: Annotated[str, Query(pattern=r"^(|\d{4}-\d{2}-\d{2})$")] = "",
+    date_to: Annotated[str, Query(pattern=r"^(|\d{4}-\d{2}-\d{2})$")] = "",
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> HTMLResponse:
+    """Studies by patient ID, accession or UID prefix, state and study date (inclusive days, UTC)."""
     who = _who(request)
+    try:
+        start = _day(date_from)
+        end = _day(date_to) + timedelta(days=1, microseconds=-1) if date_to else None
+    except ValueError:
+        raise HTTPException(422, "dates are YYYY-MM-DD") from None
     with request.app.state.sessions() as session:
-        studies = queries.list_studies(session, q, state, limit=50, offset=offset)
-    return _page(request, "studies.html", who, studies=studies, q=q, state=state, offset=offset)
+        studies = queries.list_studies(session, q, state, start, end, limit=50, offset=offset)
+    return _page(request, "studies.html", who, studies=studies, q=q, state=state, date_from=date_from,
+                 date_to=date_to, offset=offset)  # fmt: skip
 
 
 @pages.get("/studies/{study_instance_uid}", response_class=HTMLResponse)
@@ -277,6 +287,11 @@ def logout(request: Request, csrf: Annotated[str, Form()] = "") -> RedirectRespo
     check_csrf(request, csrf)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
+
+
+def _day(text: str) -> datetime | None:
+    """Midnight UTC of a ``YYYY-MM-DD`` day ("" → None)."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC) if text else None
 
 
 def _local(path: str) -> str:

@@ -91,3 +91,14 @@ def test_users_add_prints_a_token_once_and_refuses_a_duplicate(tmp_path: Path, n
     bad_role = subprocess.run([*command[:5], "rita2", "--role", "god", "--config", str(config)],
                               input="x\nx\n", capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad_role.returncode == 2
+
+
+def test_studies_page_filters_by_study_date(local_client: TestClient, node_data: NodeData):
+    studies = local_client.get("/api/v1/studies").json()
+    day = studies[0]["study_datetime"][:10]
+    html = local_client.get("/studies", params={"date_from": day, "date_to": day}).text
+    shown = {s["study_instance_uid"] for s in studies if s["study_datetime"][:10] == day}
+    hidden = {s["study_instance_uid"] for s in studies} - shown
+    assert all(uid in html for uid in shown) and not any(uid in html for uid in hidden)
+    assert local_client.get("/studies", params={"date_from": "2026-13-45"}).status_code == 422
+    assert local_client.get("/studies", params={"date_from": "yesterday"}).status_code == 422
