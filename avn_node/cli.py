@@ -396,6 +396,7 @@ def serve(config: ConfigOption = None) -> None:
     if settings.queue.backend == "celery":  # the jobs run in the workers: their histograms reach our /metrics
         share_between_processes(settings.node.data_dir)
     from avn_node.serve import serve as run_node
+    from avn_node.web.server import DashboardError
 
     configure_logging(settings.logging.level, settings.logging.json_logs)
     stop = threading.Event()
@@ -412,6 +413,9 @@ def serve(config: ConfigOption = None) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     except ssl.SSLError as exc:
         typer.echo(f'Error: key "security.tls_cert" / "tls_key" / "tls_ca": cannot load: {exc}', err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except DashboardError as exc:
+        typer.echo(f'Error: key "dashboard.host" / "dashboard.port": {exc} (in use, or not an address here)', err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 

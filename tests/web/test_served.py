@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -45,3 +46,17 @@ def test_serve_binds_the_dashboard_to_every_address_behind_its_token(tmp_path: P
     finally:
         assert node.stop() == 0
     assert not port_open(node.dashboard_port)
+
+
+def test_serve_exits_2_naming_the_dashboard_port_when_it_is_taken(tmp_path: Path):
+    node = Node(tmp_path / "node")
+    node.root.mkdir()
+    node.write_config()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", node.dashboard_port))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "avn_node", "serve", "--config", str(node.config)],
+                              capture_output=True, text=True, timeout=240, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert '"dashboard.port"' in proc.stderr and str(node.dashboard_port) in proc.stderr
+    assert not port_open(node.port), "the SCP never started"
