@@ -57,7 +57,9 @@ def test_an_address_outside_allowed_peer_ips_is_rejected_and_a_listed_one_accept
     node.sections = NOT_ANALYSED
     node.start()
     stranger = _associate(node, source="127.0.0.2")
-    assert stranger.is_rejected
+    # the node answers A-ASSOCIATE-RJ and closes; on a loaded machine the requestor can see the close before it
+    # reads the RJ (then pynetdicom reports an abort): either way no association, and the log says why
+    assert not stranger.is_established and (stranger.is_rejected or stranger.is_aborted)
     wait_for(lambda: "address not in security.allowed_peer_ips" in node.log.read_text(), 30, "the refusal logged")
     assert "@127.0.0.2" in next(x for x in node.log.read_text().splitlines() if "allowed_peer_ips" in x)
     listed = _associate(node)
