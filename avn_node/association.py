@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from avn_node.config import SecuritySettings
 
@@ -48,11 +48,14 @@ def configure_process(tmp_dir: Path) -> None:
 
 
 def scp_ae(ae_title: str, security: SecuritySettings) -> AE:
-    """The SCP: every storage SOP class in every transfer syntax, Verification, limits from ``[security]``."""
+    """The SCP: every storage SOP class in every transfer syntax, Verification, storage commitment reports,
+    limits from ``[security]``."""
     ae = AE(ae_title=ae_title)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
+    # an archive reporting storage commitment (N-EVENT-REPORT) proposes itself as the SCP of the Push Model
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     ae.maximum_associations = security.max_associations
     ae.maximum_pdu_size = security.max_pdu_bytes
     ae.require_calling_aet = list(security.allowed_calling_aets)

@@ -8,6 +8,7 @@ whose feature is not built is refused with the key that holds it.
 from __future__ import annotations
 
 import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -87,6 +88,12 @@ class DispatchSettings(_Section):
     retry_max_seconds: float = Field(600, gt=0)
     give_up_hours: float = Field(24, gt=0)
 
+    def next_attempt(self, attempts: int, now: datetime) -> datetime:
+        """When to try a delivery again after ``attempts`` failures: ``retry_first_seconds`` doubling per
+        attempt, at most ``retry_max_seconds``."""
+        delay = min(self.retry_first_seconds * 2 ** max(0, attempts - 1), self.retry_max_seconds)
+        return now + timedelta(seconds=delay)
+
 
 class SecuritySettings(_Section):
     allowed_calling_aets: list[str] = []
@@ -116,7 +123,8 @@ class DashboardSettings(_Section):
     token: str = ""
 
 
-DIMSE_ONLY = ("ae_title", "host", "port", "calling_ae_title", "tls")  # DESIGN §4: stow-rs takes url instead
+# DESIGN §4: stow-rs takes url instead
+DIMSE_ONLY = ("ae_title", "host", "port", "calling_ae_title", "tls", "storage_commitment")
 STOW_ONLY = ("url", "token", "username", "password", "ca_bundle")
 
 
@@ -130,6 +138,8 @@ class Destination(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     calling_ae_title: AETitle = "AVN_NODE"
     tls: bool = False
+    storage_commitment: bool = False  # a delivery counts only once the archive commits it (PS3.4 Annex J)
+    storage_commitment_timeout_seconds: float = Field(600, gt=0)  # unreported for longer: in doubt, asked again
     url: str = ""  # the DICOMweb service root, e.g. https://pacs.example.org/dicom-web
     token: str = ""  # bearer token …
     username: str = ""  # … or basic credentials

@@ -33,7 +33,7 @@ def multiprocess() -> bool:
 
 @cache
 def stage_seconds() -> Any:  # noqa: ANN401 - a prometheus_client Histogram, imported lazily
-    """The histogram of job stage durations (decode, detect, classify, cam, report, store), unregistered: the
+    """The histogram of job stage durations (decode, detect, classify, cam, report, store, images), unregistered: the
     dashboard's registry adds it (or, in multiprocess mode, reads every process's files)."""
     from prometheus_client import Histogram
 

@@ -30,6 +30,11 @@ def process_map(fn: Callable[[T], R], jobs: Iterable[T], workers: int, chunksize
     if workers <= 1:
         yield from map(fn, jobs)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded) as pool:
+    with spawn_pool(workers) as pool:
         yield from pool.map(fn, jobs, chunksize=chunksize)
+
+
+def spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned, single-threaded processes."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_single_threaded)

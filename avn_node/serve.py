@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from avn_node.analyse.analyzers import Analyzer, analyzer_kinds
+from avn_node.analyse.decoded import DecodedInstances
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
 from avn_node.association import configure_process
@@ -69,14 +70,13 @@ class _Process:
         # Loops poll every tick; a committed event that means work for a loop wakes it at once.
         self.wake_worker, self.wake_dispatch = threading.Event(), threading.Event()
         self.wake_schedule = threading.Event()
-        self.unsubscribe = subscribe(self._wake)
-        self.unsubscribe_audit: Callable[[], None] = lambda: None
+        self.unsubscribers = [subscribe(self._wake)]
         self.name = name
 
     def _wake(self, event: NodeEvent) -> None:
         if event.kind in ("case.queued", "job.retry"):
             self.wake_worker.set()
-        if event.kind in ("job.done", "delivery.retry"):
+        if event.kind in ("result.stored", "delivery.retry"):
             self.wake_dispatch.set()
         if event.kind in ("study.receiving", "study.reopened", "job.done", "job.failed", "job.retry"):
             self.wake_schedule.set()  # a new completion deadline, or a case free for its next version
@@ -87,7 +87,7 @@ class _Process:
         self.files = LocalFileStore(settings.node.data_dir)
         self.queue = JobQueue(self.sessions, self.name, settings.queue.lease_seconds)
         if settings.security.audit_log:
-            self.unsubscribe_audit = subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title))
+            self.unsubscribers.append(subscribe(AuditLog(Path(settings.security.audit_log), settings.node.ae_title)))
 
     def _reclaim(self) -> None:
         """Re-queue this process's interrupted jobs and release its deliveries in doubt."""
@@ -104,8 +104,8 @@ class _Process:
                              f"dispatch to {destination.name}", self.wake_dispatch)  # fmt: skip
 
     def _close(self) -> None:
-        self.unsubscribe()
-        self.unsubscribe_audit()
+        for unsubscribe in self.unsubscribers:
+            unsubscribe()
 
 
 class Node(_Process):
@@ -141,8 +141,22 @@ class Node(_Process):
         tick, wait = self._tick()
         self.loops.spawn("schedule", tick, "scheduler tick", self.wake_schedule, wait)
         if analyzers:
-            worker = Worker(settings, self.sessions, analyzers, self.queue, self.files)
-            self.loops.spawn("analyse", worker.run_next, "analysis", self.wake_worker)
+            decoded = DecodedInstances(self.sessions, self.files)
+            decoded.start()
+            self.unsubscribers += [subscribe(decoded.on_event), decoded.close]
+            self.loops.spawn("decode", decoded.decode_next, "decoding ahead", decoded.arrived)
+            worker = Worker(settings, self.sessions, analyzers, self.queue, self.files, decoded)
+            warmed = False
+
+            def analyse() -> bool:  # the loop's first step warms the analyzers up, off the receiver's path
+                nonlocal warmed
+                if not warmed:
+                    worker.warm_up()
+                    warmed = True
+                    return True
+                return worker.run_next()
+
+            self.loops.spawn("analyse", analyse, "analysis", self.wake_worker)
         if self.local:
             self._dispatch()
 
@@ -214,6 +228,7 @@ class CeleryWorker(_Process):
         settings = self.settings
         self._open(connect(settings.database.url))
         worker = Worker(settings, self.sessions, load_analyzers(settings), self.queue, self.files)
+        worker.warm_up()
         self._reclaim()
         self._dispatch()
         app = celery_app(settings)

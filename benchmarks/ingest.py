@@ -99,7 +99,7 @@ def node_run(files: list[Path], work: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--files", type=int, default=40)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="ingest-bench-"))

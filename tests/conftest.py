@@ -220,10 +220,10 @@ class OrthancServer:
     http_port: int
     auth: tuple[str, str] | None = None
 
-    def _request(self, path: str, body: object = None) -> bytes:
+    def _request(self, path: str, body: object = None, method: str = "") -> bytes:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
                                          data=None if body is None else json.dumps(body).encode(),
-                                         method="GET" if body is None else "POST")  # fmt: skip
+                                         method=method or ("GET" if body is None else "POST"))  # fmt: skip
         if self.auth is not None:
             token = base64.b64encode(":".join(self.auth).encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
@@ -238,6 +238,10 @@ class OrthancServer:
 
     def post(self, path: str, body: object) -> object:
         return json.loads(self._request(path, body))
+
+    def add_modality(self, name: str, aet: str, port: int) -> None:
+        """Make ``aet`` on loopback ``port`` known (Orthanc sends storage commitment reports only to those)."""
+        self._request(f"/modalities/{name}", {"AET": aet, "Host": "127.0.0.1", "Port": port}, "PUT")
 
 
 def _orthanc(tmp_path: Path, dicomweb_user: tuple[str, str] | None = None) -> Iterator[OrthancServer]:

@@ -150,6 +150,7 @@ def test_config_example_for_scale_out_loads_as_celery_on_postgresql():
         ('name = "a"\nkind = "stow-rs"', 'needs url = "http(s)://'),
         ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\nhost = "h"', 'host: only for kind = "dimse"'),
         ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\ncalling_ae_title = "US"', 'calling_ae_title: only for'),
+        ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\nstorage_commitment = true', 'storage_commitment: only for'),
         ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\ntoken = "t"\nusername = "u"\npassword = "p"', "not both"),
         ('name = "a"\nkind = "stow-rs"\nurl = "http://x"\nusername = "u"', "go together"),
     ],

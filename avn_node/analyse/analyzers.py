@@ -30,6 +30,9 @@ class Analyzer(Protocol):
     version: str
     timings: dict[str, float]  # seconds per step of the last :meth:`analyse`
 
+    def warm_up(self) -> None:
+        """Analyse and report one synthetic input, so the first real case pays none of the one-time costs."""
+
     def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
         """Read one case (every selected instance, pixels included)."""
 

@@ -101,9 +101,13 @@ class JobQueue:
     def heartbeat(self, job_id: int) -> bool:
         """Renew the lease; False when this worker no longer holds the job (its lease ran out and it was taken)."""
         with self.sessions() as session:
-            held = session.execute(self._held(job_id).values(lease_until=utcnow() + self.lease)).rowcount == 1
+            held = self.renew(session, job_id)
             session.commit()
         return held
+
+    def renew(self, session: Session, job_id: int) -> bool:
+        """:meth:`heartbeat` inside the caller's transaction."""
+        return session.execute(self._held(job_id).values(lease_until=utcnow() + self.lease)).rowcount == 1
 
     def finish(self, session: Session, job_id: int, seconds: float) -> bool:
         """Mark the job done inside the caller's transaction; False (nothing written) when it is not ours."""

@@ -33,6 +33,15 @@ class RadiographAnalyzer:
     def timings(self) -> dict[str, float]:
         return dict(self.engine.timings)
 
+    def warm_up(self) -> None:
+        """One small phantom radiograph through analysis, SR and images: highdicom's standard tables, the
+        codecs, the first inference and the fonts are loaded here rather than on the first real study."""
+        from avn_node.phantom.generate import phantom_dataset
+
+        ds = phantom_dataset()
+        for result in self.report(self.engine.analyse_case([ds]), {str(ds.SOPInstanceUID): ds}, 1, {}):
+            result.images()
+
     def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
         finding = self.engine.analyse_case(list(sources))
         for r in finding.radiographs:

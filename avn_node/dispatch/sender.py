@@ -24,8 +24,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from avn_node.association import DEFAULT_TIMEOUT_SECONDS, client_tls, scu_ae
-from avn_node.config import Destination, DispatchSettings, Settings
+from avn_node.config import Destination, Settings
 from avn_node.dispatch import stow
+from avn_node.dispatch.commitment import Committer
 from avn_node.events import NodeEvent, emit
 from avn_node.faults import fault_point
 from avn_node.receive.statuses import STORED
@@ -36,12 +37,6 @@ log = logging.getLogger("avn_node.dispatch")
 BATCH = 32  # deliveries per association
 SUCCESS_STATUS = 0x0000
 PENDING = frozenset({0xFF00, 0xFF01})  # C-FIND matches follow (PS3.4 C.4.1.1.4)
-
-
-def next_attempt(dispatch: DispatchSettings, attempts: int, now: datetime) -> datetime:
-    """When to try again after ``attempts`` failures."""
-    delay = min(dispatch.retry_first_seconds * 2 ** max(0, attempts - 1), dispatch.retry_max_seconds)
-    return now + timedelta(seconds=delay)
 
 
 def send_files(
@@ -168,6 +163,8 @@ class Dispatcher:
             self.query = "C-FIND"
             self.send = partial(send_files, destination, timeout=timeout, tls=tls)
             self.held = partial(held_by, destination, timeout=timeout, tls=tls)
+        self.committer = (Committer(settings.dispatch, sessions, destination, timeout, tls)
+                          if destination.kind == "dimse" and destination.storage_commitment else None)  # fmt: skip
 
     def claim(self) -> list[Claimed]:
         """The due deliveries this dispatcher now holds."""
@@ -201,7 +198,12 @@ class Dispatcher:
         return taken.rowcount == 1
 
     def run_once(self) -> int:
-        """Claim, send and record one round; returns how many were sent."""
+        """One round: claim, send and record; then, with storage commitment, ask for what is due. Returns how
+        many deliveries were sent or asked for."""
+        done = self._send_due()
+        return done + (self.committer.request_due() if self.committer is not None else 0)
+
+    def _send_due(self) -> int:
         claimed = self.claim()
         if not claimed:
             return 0
@@ -248,11 +250,16 @@ class Dispatcher:
                 data = {"destination": name, "sop_instance_uid": uid, "attempt": delivery.attempts,
                         **notes.get(delivery_id, {})}  # fmt: skip
                 if not error:
-                    delivery.state = DeliveryState.SENT
                     delivery.sent_at = utcnow()
                     sent += 1
-                    emit(session, NodeEvent("delivery.done", str(delivery_id), data=data))
-                    log.info("sent %s to %s", uid, name)
+                    if self.committer is None:
+                        delivery.state = DeliveryState.SENT
+                        emit(session, NodeEvent("delivery.done", str(delivery_id), data=data))
+                        log.info("sent %s to %s", uid, name)
+                    else:  # its storage commitment is asked for at once
+                        delivery.state, delivery.next_attempt_at = DeliveryState.COMMITTING, now
+                        emit(session, NodeEvent("delivery.stored", str(delivery_id), data=data))
+                        log.info("sent %s to %s; awaiting its storage commitment", uid, name)
                     continue
                 delivery.last_error = error
                 if now - delivery.created_at >= timedelta(hours=self.settings.dispatch.give_up_hours):
@@ -260,7 +267,7 @@ class Dispatcher:
                     emit(session, NodeEvent("delivery.dead", str(delivery_id), error, data))
                     log.error("gave up sending %s to %s: %s", uid, name, error)
                 else:
-                    delivery.next_attempt_at = next_attempt(self.settings.dispatch, delivery.attempts, now)
+                    delivery.next_attempt_at = self.settings.dispatch.next_attempt(delivery.attempts, now)
                     data["retry_in_seconds"] = (delivery.next_attempt_at - now).total_seconds()
                     emit(session, NodeEvent("delivery.failed", str(delivery_id), error, data))
                     failed[error].append(delivery.next_attempt_at)

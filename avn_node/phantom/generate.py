@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from avn_node import __version__
 from avn_node.ground_truth import FicatStage, GroundTruth, HeadTruth, RadiographTruth, Side, View
@@ -271,6 +272,18 @@ def render_radiograph(
         if isinstance(box, tuple):
             outlines[side] = box
     return expose(maps, acq, noise=noise, realisation=realisation), outlines
+
+
+def phantom_dataset(seed: int = 0, size: int = 768) -> Dataset:
+    """The first radiograph of one phantom patient (AP, uncompressed), in memory: no file is written."""
+    options = PhantomOptions(studies=1, seed=seed, syntax_mix={"explicit": 1.0}, shape_mix={"ap": 1.0},
+                             size_range=(size, size))  # fmt: skip
+    plan = plan_patient(options, 0)
+    item = plan.radiographs[0]
+    radiograph, _ = render_radiograph(plan, item)
+    ds = build_dataset(item.study, item.image, item.acquisition, radiograph)
+    encode(ds, item.image.syntax, radiograph.pixels)
+    return ds
 
 
 def generate_patient(args: tuple[PhantomOptions, int, Path]) -> list[RadiographTruth]:

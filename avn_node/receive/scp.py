@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from avn_node.analyse.analyzers import analyzer_kinds, selecting_kind
 from avn_node.association import peer, reject_unlisted_address, scp_ae, server_tls
 from avn_node.config import Settings
+from avn_node.dispatch.commitment import handle_event_report
 from avn_node.events import NodeEvent, emit, emit_now, publish
 from avn_node.faults import fault_point
 from avn_node.group.cases import patient_of, study_datetime
@@ -284,6 +286,7 @@ def start_scp(settings: Settings, sessions: sessionmaker[Session]):  # noqa: ANN
     handlers = [
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_N_EVENT_REPORT, partial(handle_event_report, settings, sessions)),
         *_association_handlers(settings, sessions),
     ]
     ae = scp_ae(settings.node.ae_title, settings.security)

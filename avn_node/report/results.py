@@ -1,9 +1,14 @@
-"""A case's result sets: per study of the case, its SR, one CAM capture per radiograph of it, the summary."""
+"""A case's result sets: per study of the case, its SR, one CAM capture per radiograph of it, the summary.
+
+The SR is built at once; the images (captures and summary) are rendered when first asked for, so a worker
+can store and send the SR — what a viewer opens — while they are drawn.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from pydicom.dataset import Dataset
 
@@ -20,12 +25,29 @@ class ResultSet:
 
     study_instance_uid: str
     sr: Dataset
-    captures: tuple[Dataset, ...]
-    summary: Dataset | None
+    render: Callable[[], tuple[tuple[Dataset, ...], Dataset | None]] = field(repr=False)
+
+    @cached_property
+    def _images(self) -> tuple[tuple[Dataset, ...], Dataset | None]:
+        return self.render()
+
+    @property
+    def captures(self) -> tuple[Dataset, ...]:
+        """One CAM secondary capture per analysed radiograph of the study (rendered on first use)."""
+        return self._images[0]
+
+    @property
+    def summary(self) -> Dataset | None:
+        """The case's summary image, None when ``[reporting] summary_image`` is off (rendered on first use)."""
+        return self._images[1]
+
+    def images(self) -> list[tuple[str, Dataset]]:
+        """(result kind, dataset) of the images: ``cam`` per capture, then ``summary``."""
+        return [*(("cam", c) for c in self.captures), *([("summary", self.summary)] if self.summary else [])]
 
     def datasets(self) -> list[Dataset]:
         """SR first, then captures, then the summary image."""
-        return [self.sr, *self.captures, *([self.summary] if self.summary is not None else [])]
+        return [self.sr, *(ds for _, ds in self.images())]
 
 
 def build_result_sets(
@@ -48,15 +70,24 @@ def build_result_sets(
         if study not in studies:
             studies.append(study)
     analysed = sorted(sources)
-    sets = []
-    for study in studies:
+
+    def renderer(study: str) -> Callable[[], tuple[tuple[Dataset, ...], Dataset | None]]:
         mine = [r for r in case.radiographs if str(sources[r.sop_instance_uid].StudyInstanceUID) == study]
-        sr = build_sr(case, dict(sources), study, producer, version, (previous or {}).get(study, ()))
-        captures = tuple(build_capture(sources[r.sop_instance_uid], r, study, producer) for r in mine if not r.error)
-        summary = (
-            build_summary(case, sources[mine[0].sop_instance_uid], study, producer, analysed, version)
-            if summary_image
-            else None
-        )
-        sets.append(ResultSet(study, sr, captures, summary))
-    return sets
+
+        def render() -> tuple[tuple[Dataset, ...], Dataset | None]:
+            captures = tuple(build_capture(sources[r.sop_instance_uid], r, study, producer)
+                             for r in mine if not r.error)  # fmt: skip
+            summary = (
+                build_summary(case, sources[mine[0].sop_instance_uid], study, producer, analysed, version)
+                if summary_image
+                else None
+            )
+            return captures, summary
+
+        return render
+
+    return [
+        ResultSet(study, build_sr(case, dict(sources), study, producer, version, (previous or {}).get(study, ())),
+                  renderer(study))  # fmt: skip
+        for study in studies
+    ]

@@ -32,6 +32,7 @@ from highdicom.sr import (
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from avn_node.findings import OUTSIDE_EXPERIENCE, CaseFinding, HeadFinding, HipFinding, RadiographFinding
 from avn_node.ground_truth import NOTES, FicatStage
@@ -219,12 +220,15 @@ def _remarks(case: CaseFinding, producer: Producer) -> ContainerContentItem:
     return container
 
 
+PIXEL_DATA_TAGS = frozenset({Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")})
+
+
 def evidence_dataset(source: Dataset) -> Dataset:
     """A header copy with the Type 2 patient and study attributes present, as SR evidence requires."""
-    ds = copy.deepcopy(source)
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword in ds:
-            delattr(ds, keyword)
+    ds = Dataset()
+    for tag, element in source.items():  # not deepcopy(source): that copies the pixels and their decoded cache
+        if tag not in PIXEL_DATA_TAGS:
+            ds[tag] = copy.deepcopy(element)
     for keyword in TYPE2_EVIDENCE:
         if keyword not in ds:
             setattr(ds, keyword, None)

@@ -60,7 +60,8 @@ class JobState(StrEnum):
 
 class DeliveryState(StrEnum):
     PENDING = "pending"
-    SENT = "sent"
+    COMMITTING = "committing"  # stored at the archive; its storage commitment (PS3.4 Annex J) not yet reported
+    SENT = "sent"  # delivered (and committed, where the destination asks for storage commitment)
     DEAD = "dead"  # gave up after give_up_hours; `avn-node deliveries retry` re-queues
 
 
@@ -156,7 +157,8 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """One result to one destination; ``next_attempt_at`` doubles as the lease of the dispatcher sending it."""
+    """One result to one destination; ``next_attempt_at`` doubles as the lease of the dispatcher sending it, and
+    while committing as the time its storage commitment is (re)requested."""
 
     __tablename__ = "deliveries"
     __table_args__ = (UniqueConstraint("result_id", "destination", name="uq_deliveries_result_destination"),)
@@ -172,6 +174,8 @@ class Delivery(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    commitment_uid: Mapped[str] = mapped_column(String(64), default="", index=True)  # latest Transaction UID
+    committed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     result: Mapped[Result] = relationship()
 

@@ -8,18 +8,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
+from avn_node.config import Destination
 from avn_node.findings import CaseFinding, ModelInfo
 from avn_node.group.scheduler import close_stable_studies, schedule_cases
 from avn_node.receive.scp import Receiver
 from avn_node.receive.statuses import Status
 from avn_node.report.results import ResultSet
-from avn_node.store.models import Event, Job, JobState, utcnow
+from avn_node.store.models import Delivery, Event, Job, JobState, Result, utcnow
 
 
 class FakeAnalyzer:
@@ -91,3 +92,49 @@ def test_a_failing_analysis_is_requeued_with_its_error(receiver: Receiver, phant
     with receiver.sessions() as s:
         job = s.scalars(select(Job)).one()
         assert job.state == JobState.QUEUED and job.error == "RuntimeError: decoder exploded" and job.attempts == 1
+
+
+def _object(sop_class: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = sop_class, ds.SOPInstanceUID
+    return ds
+
+
+class ReportingAnalyzer(FakeAnalyzer):
+    """Reports one SR and one capture; notes what the database held when the capture was drawn."""
+
+    def __init__(self, sessions) -> None:  # noqa: ANN001 - a sessionmaker
+        super().__init__()
+        self.sessions, self.when_drawn = sessions, []
+
+    def report(self, finding: CaseFinding, sources: Mapping[str, Dataset], case_version: int,
+               predecessors: Mapping[str, Sequence[Dataset]]) -> list[ResultSet]:  # fmt: skip
+        def draw() -> tuple[tuple[Dataset, ...], Dataset | None]:
+            with self.sessions() as s:
+                self.when_drawn = [(r.kind, len(s.scalars(select(Delivery).where(Delivery.result_id == r.id)).all()))
+                                   for r in s.scalars(select(Result))]  # fmt: skip
+            return (_object("1.2.840.10008.5.1.4.1.1.7"),), None
+
+        study = str(next(iter(sources.values())).StudyInstanceUID)
+        return [ResultSet(study, _object("1.2.840.10008.5.1.4.1.1.88.33"), draw)]
+
+
+def test_the_sr_is_recorded_and_queued_for_sending_before_the_images_are_drawn(receiver: Receiver, phantom_set: Path):
+    _receive(receiver, sorted(phantom_set.rglob("AP.dcm"))[0])
+    _schedule(receiver)
+    settings = receiver.settings.model_copy(
+        update={"destinations": [Destination(name="archive", ae_title="A", host="127.0.0.1", port=104)]}
+    )
+    analyzer = ReportingAnalyzer(receiver.sessions)
+    worker = Worker(settings, receiver.sessions, {"radiograph": analyzer}, JobQueue(receiver.sessions, "w", 600),
+                    receiver.files)  # fmt: skip
+    assert worker.run_next()
+    assert analyzer.when_drawn == [("sr", 1)]  # the SR and its delivery, committed; the capture not yet
+    with receiver.sessions() as s:
+        assert sorted(r.kind for r in s.scalars(select(Result))) == ["cam", "sr"]
+        assert len(s.scalars(select(Delivery)).all()) == 2
+        (done,) = s.scalars(select(Event).where(Event.kind == "job.done")).all()
+        assert done.data["results"] == 2 and {"report", "store", "images"} <= set(done.data["timings"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from avn_node.config import Destination, DispatchSettings, Settings
-from avn_node.dispatch.sender import Dispatcher, next_attempt, retry_deliveries, send_files
+from avn_node.dispatch.sender import Dispatcher, retry_deliveries, send_files
 from avn_node.store.database import open_database
 from avn_node.store.files import LocalFileStore
 from avn_node.store.models import Case, Delivery, DeliveryState, Result, utcnow
@@ -19,7 +19,7 @@ T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 def test_dispatch_backs_off_doubling_from_first_to_max():
     d = DispatchSettings(retry_first_seconds=10, retry_max_seconds=600, give_up_hours=24)
-    delays = [(next_attempt(d, n, T0) - T0).total_seconds() for n in range(1, 9)]
+    delays = [(d.next_attempt(n, T0) - T0).total_seconds() for n in range(1, 9)]
     assert delays == [10, 20, 40, 80, 160, 320, 600, 600]
 
 

@@ -61,6 +61,7 @@ class Node:
     idle_seconds: float = 4.0
     destinations: list[tuple[str, str, int]] = field(default_factory=list)  # (name, AE title, port)
     destinations_tls: bool = False
+    destination_lines: str = ""  # more lines in every [[destinations]], e.g. storage_commitment = true
     min_free_disk_mb: float = 1
     extra: str = ""  # more [security] lines
     sections: dict[str, str] = field(default_factory=dict)  # more lines per section, e.g. {"dispatch": "..."}
@@ -98,6 +99,7 @@ class Node:
         for name, aet, port in self.destinations:
             text += f'[[destinations]]\nname = "{name}"\nae_title = "{aet}"\nhost = "127.0.0.1"\nport = {port}\n'
             text += "tls = true\n" if self.destinations_tls else ""
+            text += self.destination_lines
         self.config.write_text(text + self.tail)
 
     def start(self) -> None:

@@ -1,8 +1,10 @@
-"""Orthanc as the PACS: it auto-forwards stable studies to the node and receives the results, with no loop."""
+"""Orthanc as the PACS: it auto-forwards stable studies to the node and receives the results, with no loop, each
+delivery counted only once Orthanc commits it (storage commitment, PS3.4 Annex J)."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,6 +49,7 @@ def pacs(tmp_path: Path, node: Node) -> Iterator[OrthancServer]:
         wait_for(lambda: port_open(http_port) or proc.poll() is not None, 20, "Orthanc")
         assert proc.poll() is None, f"Orthanc exited with {proc.returncode}"
         node.destinations = [("pacs", "PACS", dicom_port)]
+        node.destination_lines = "storage_commitment = true\n"
         node.start()
         yield OrthancServer("PACS", dicom_port, http_port)
     finally:
@@ -69,3 +72,6 @@ def test_orthanc_auto_forward_gets_sr_and_captures_into_the_same_study(pacs, nod
     status = node.status()
     assert status["jobs"] == {"done": 1}  # the returning study was recognised, not read again
     assert status["deliveries"] == {"sent": len(files) + 2}
+    with sqlite3.connect(node.root / "var" / "avn-node.db") as db:
+        committed = db.execute("SELECT COUNT(*) FROM deliveries WHERE committed_at >= sent_at").fetchone()[0]
+    assert committed == len(files) + 2  # each result committed by Orthanc's N-EVENT-REPORT
