@@ -22,8 +22,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from avn_node.analyse.ahead import ReadAhead
 from avn_node.analyse.analyzers import Analyzer, analyzer_kinds
-from avn_node.analyse.decoded import DecodedInstances
 from avn_node.analyse.queue import JobQueue
 from avn_node.analyse.worker import Worker
 from avn_node.association import configure_process
@@ -141,11 +141,12 @@ class Node(_Process):
         tick, wait = self._tick()
         self.loops.spawn("schedule", tick, "scheduler tick", self.wake_schedule, wait)
         if analyzers:
-            decoded = DecodedInstances(self.sessions, self.files)
-            decoded.start()
-            self.unsubscribers += [subscribe(decoded.on_event), decoded.close]
-            self.loops.spawn("decode", decoded.decode_next, "decoding ahead", decoded.arrived)
-            worker = Worker(settings, self.sessions, analyzers, self.queue, self.files, decoded)
+            ahead = ReadAhead(self.sessions, self.files, analyzers)
+            ahead.start()
+            self.unsubscribers += [subscribe(ahead.on_event), ahead.close]
+            self.loops.spawn("decode-ahead", ahead.decode_next, "decoding ahead", ahead.arrived)
+            self.loops.spawn("read-ahead", ahead.read_next, "reading ahead", ahead.decoded)
+            worker = Worker(settings, self.sessions, analyzers, self.queue, self.files, ahead)
             warmed = False
 
             def analyse() -> bool:  # the loop's first step warms the analyzers up, off the receiver's path

@@ -33,6 +33,10 @@ class Analyzer(Protocol):
     def warm_up(self) -> None:
         """Analyse and report one synthetic input, so the first real case pays none of the one-time costs."""
 
+    def read_ahead(self, source: Dataset) -> None:
+        """Read one instance before its case is complete; :meth:`analyse` reuses that reading when it is given
+        this very dataset object (called from another thread than :meth:`analyse`)."""
+
     def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
         """Read one case (every selected instance, pixels included)."""
 

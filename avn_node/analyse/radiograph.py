@@ -1,17 +1,22 @@
-"""The radiograph analyzer (CR/DX hips): the AVN-net inference engine and the hip report."""
+"""The radiograph analyzer (CR/DX hips): the AVN-net inference engine and the hip report (imported only when
+loaded: it brings torch)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
 
 from avn_node.config import Settings
 from avn_node.findings import CaseFinding
+from avn_node.models.inference import Analyzer as Engine
+from avn_node.models.inference import EarlyReading
 from avn_node.report.results import ResultSet, build_result_sets
 
 log = logging.getLogger("avn_node.analyse")
+MAX_AHEAD = 64  # readings waiting for their jobs
 
 
 class RadiographAnalyzer:
@@ -20,12 +25,12 @@ class RadiographAnalyzer:
     name = "radiograph"
 
     def __init__(self, settings: Settings) -> None:
-        from avn_node.models.inference import Analyzer as Engine
-
         models = settings.models
         self.engine = Engine(models.dir, threads=models.threads, device=models.device,
                              refuse_out_of_distribution=models.refuse_out_of_distribution)  # fmt: skip
         self.summary_image = settings.reporting.summary_image
+        self._ahead: dict[str, tuple[Dataset, EarlyReading]] = {}  # SOP Instance UID → the dataset read, its reading
+        self._lock = threading.Lock()
         self.info = self.engine.info
         self.version = self.info.version
 
@@ -42,8 +47,18 @@ class RadiographAnalyzer:
         for result in self.report(self.engine.analyse_case([ds]), {str(ds.SOPInstanceUID): ds}, 1, {}):
             result.images()
 
+    def read_ahead(self, source: Dataset) -> None:
+        findings, timings = self.engine.read([source])
+        with self._lock:
+            self._ahead[str(source.SOPInstanceUID)] = (source, EarlyReading(findings[0], timings))
+            while len(self._ahead) > MAX_AHEAD:
+                del self._ahead[next(iter(self._ahead))]  # the oldest, whose job never came
+
     def analyse(self, sources: Sequence[Dataset]) -> CaseFinding:
-        finding = self.engine.analyse_case(list(sources))
+        with self._lock:
+            held = {i: self._ahead.pop(str(ds.SOPInstanceUID), None) for i, ds in enumerate(sources)}
+        ahead = {i: entry[1] for i, entry in held.items() if entry is not None and entry[0] is sources[i]}
+        finding = self.engine.analyse_case(list(sources), ahead)
         for r in finding.radiographs:
             if r.error:
                 log.warning("instance %s could not be analysed (the SR says so): %s", r.sop_instance_uid, r.error)

@@ -27,8 +27,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from avn_node.analyse.ahead import ReadAhead
 from avn_node.analyse.analyzers import Analyzer
-from avn_node.analyse.decoded import DecodedInstances
 from avn_node.analyse.queue import JobQueue, case_instances, mark_analysed
 from avn_node.config import Settings
 from avn_node.events import NodeEvent, emit
@@ -45,9 +45,9 @@ class Worker:
     """Runs the jobs it claims from ``queue`` with the analyzer each job names; results go to ``files``."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], analyzers: Mapping[str, Analyzer],
-                 queue: JobQueue, files: LocalFileStore, decoded: DecodedInstances | None = None) -> None:  # fmt: skip
+                 queue: JobQueue, files: LocalFileStore, ahead: ReadAhead | None = None) -> None:  # fmt: skip
         self.settings, self.sessions, self.analyzers = settings, sessions, analyzers
-        self.queue, self.files, self.decoded = queue, files, decoded
+        self.queue, self.files, self.ahead = queue, files, ahead
 
     def warm_up(self) -> None:
         """Warm every analyzer up (:meth:`Analyzer.warm_up`), then freeze what is loaded out of the garbage
@@ -147,8 +147,8 @@ class Worker:
         return sources, previous, known, list(instances.values())
 
     def _source(self, key: str) -> Dataset:
-        """The instance of ``key``: decoded ahead when :mod:`.decoded` holds it, else read from its file."""
-        ds = self.decoded.take(key) if self.decoded is not None else None
+        """The instance of ``key``: the dataset read ahead when :mod:`.ahead` holds it, else read from its file."""
+        ds = self.ahead.take(key) if self.ahead is not None else None
         return ds if ds is not None else pydicom.dcmread(self.files.local_path(key))
 
     def _write(self, objects: list[tuple[str, str, Dataset]], known: set[str]) -> list[Result]:

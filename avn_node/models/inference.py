@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,14 @@ class _Decoded:
     ds: Dataset
     radiograph: Radiograph | None
     error: str
+
+
+@dataclass(frozen=True)
+class EarlyReading:
+    """One radiograph read before its case was complete (:meth:`Analyzer.read`), with the seconds per stage."""
+
+    finding: RadiographFinding
+    timings: dict[str, float]
 
 
 def _count(ds: Dataset, keyword: str) -> int:
@@ -95,22 +104,43 @@ class Analyzer:
                 weights,
             )
 
-    def analyse_case(self, sources: list[Path | str | Dataset]) -> CaseFinding:
-        """Read every radiograph of a case and fuse the hips; :attr:`timings` holds the seconds per stage."""
-        self.timings = {"decode": 0.0, "detect": 0.0, "classify": 0.0, "cam": 0.0}
+    def analyse_case(
+        self, sources: list[Path | str | Dataset], ahead: Mapping[int, EarlyReading] | None = None
+    ) -> CaseFinding:
+        """Read every radiograph of a case and fuse the hips; :attr:`timings` holds the seconds per stage.
+
+        ``ahead`` maps a position in ``sources`` to its :meth:`read` done before (while the case was not complete):
+        it is not read again, and its seconds count in :attr:`timings`, whose ``"ahead"`` is their total.
+        """
+        ahead = ahead or {}
+        fresh, timings = self.read([s for i, s in enumerate(sources) if i not in ahead])
+        rest = iter(fresh)
+        findings = tuple(ahead[i].finding if i in ahead else next(rest) for i in range(len(sources)))
+        for earlier in ahead.values():
+            for stage, seconds in earlier.timings.items():
+                timings[stage] += seconds
+        if ahead:
+            timings["ahead"] = sum(sum(r.timings.values()) for r in ahead.values())
+        self.timings = timings
+        return CaseFinding(radiographs=findings, hips=fuse_hips(findings), model=self.info)
+
+    def read(self, sources: list[Path | str | Dataset]) -> tuple[tuple[RadiographFinding, ...], dict[str, float]]:
+        """Each radiograph's finding (hips not fused) and the seconds per stage, :attr:`timings` untouched: a
+        read ahead may run in another thread beside :meth:`analyse_case`."""
+        timings = {"decode": 0.0, "detect": 0.0, "classify": 0.0, "cam": 0.0}
         started = time.perf_counter()
         decoded = [self._decode(s) for s in sources]
         readable = [d for d in decoded if d.radiograph is not None]
-        self.timings["decode"] = time.perf_counter() - started
+        timings["decode"] = time.perf_counter() - started
         started = time.perf_counter()
         boxes, image_scores = self._detect_and_score([d.radiograph for d in readable])  # type: ignore[misc]
-        self.timings["detect"] = time.perf_counter() - started
+        timings["detect"] = time.perf_counter() - started
         per_rad = dict(zip((id(d) for d in readable), boxes, strict=True))
         per_image = dict(zip((id(d) for d in readable), image_scores, strict=True))
-        heads = self._classify([(d.radiograph, per_rad[id(d)]) for d in readable])  # type: ignore[misc]
+        heads = self._classify([(d.radiograph, per_rad[id(d)]) for d in readable], timings)  # type: ignore[misc]
         per_heads = dict(zip((id(d) for d in readable), heads, strict=True))
         findings = tuple(self._finding(d, per_heads.get(id(d)), per_image.get(id(d), float("nan"))) for d in decoded)
-        return CaseFinding(radiographs=findings, hips=fuse_hips(findings), model=self.info)
+        return findings, timings
 
     def analyse_radiograph(self, source: Path | str | Dataset) -> RadiographFinding:
         """Read one radiograph."""
@@ -160,9 +190,10 @@ class Analyzer:
 
     @torch.inference_mode()
     def _classify(
-        self, items: list[tuple[Radiograph, list[tuple[Box, float]]]]
+        self, items: list[tuple[Radiograph, list[tuple[Box, float]]]], timings: dict[str, float]
     ) -> list[list[tuple[Box, float, dict[str, np.ndarray], np.ndarray, Box]]]:
-        """One classifier pass over every crop; per head: box, score, averaged probabilities, CAM, CAM box.
+        """One classifier pass over every crop; per head: box, score, averaged probabilities, CAM, CAM box
+        (``timings`` gets the seconds of classification and CAM).
 
         With an OOD reference, the probabilities carry ``"ood"``: the head's own score from its trunk features
         averaged over the scales (as the reference was fitted).
@@ -184,7 +215,7 @@ class Analyzer:
         if self.ood is not None:
             pooled = out.features.mean((2, 3)).double()
             probs["ood"] = self.ood.head_scores(pooled.reshape(-1, n_scales, pooled.shape[1]).mean(1).cpu().numpy())
-        self.timings["classify"] = time.perf_counter() - started
+        timings["classify"] = time.perf_counter() - started
         started = time.perf_counter()
         stage_pick = torch.from_numpy(probs["stage"].argmax(1)).repeat_interleave(n_scales).to(self.device)
         cams = self.classifier.stage_cam(out.features, stage_pick).cpu()
@@ -199,7 +230,7 @@ class Analyzer:
                 heads.append((box, score, head_probs, cam, cam_box))
                 k += 1
             results.append(heads)
-        self.timings["cam"] = time.perf_counter() - started
+        timings["cam"] = time.perf_counter() - started
         return results
 
     def _finding(
@@ -293,7 +324,8 @@ class Analyzer:
             if d.radiograph is not None
         ]
         _, image_scores = self._detect_and_score([d.radiograph for d, _ in readable])  # type: ignore[misc]
-        classified = self._classify([(d.radiograph, given) for d, given in readable])  # type: ignore[misc]
+        given_heads = [(d.radiograph, given) for d, given in readable]
+        classified = self._classify(given_heads, self.timings)  # type: ignore[arg-type]
         per_heads = {id(d): h for (d, _), h in zip(readable, classified, strict=True)}
         per_image = {id(d): score for (d, _), score in zip(readable, image_scores, strict=True)}
         findings = tuple(self._finding(d, per_heads.get(id(d)), per_image.get(id(d), float("nan"))) for d in decoded)

@@ -75,6 +75,7 @@ def queue_depth(c: Counts) -> QueueDepth:
         jobs_queued=c.jobs.get(JobState.QUEUED, 0),
         jobs_running=c.jobs.get(JobState.RUNNING, 0),
         deliveries_pending=c.deliveries.get(DeliveryState.PENDING, 0),
+        deliveries_committing=c.deliveries.get(DeliveryState.COMMITTING, 0),
         deliveries_dead=c.deliveries.get(DeliveryState.DEAD, 0),
     )
 

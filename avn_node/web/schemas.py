@@ -27,6 +27,7 @@ class QueueDepth(BaseModel):
     jobs_queued: int
     jobs_running: int
     deliveries_pending: int
+    deliveries_committing: int  # stored; the archive's storage commitment not yet reported
     deliveries_dead: int
 
 
