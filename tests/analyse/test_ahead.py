@@ -5,6 +5,8 @@ Undecodable or over-budget instances are left to the job."""
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +65,21 @@ def ahead(receiver: Receiver, recorder: Recorder):
     a.close()
 
 
+def _read_next(ahead: ReadAhead) -> None:
+    """Read the next decoded instance, waiting for a decoding process to finish it."""
+    deadline = time.monotonic() + 60
+    while not ahead.read_next():
+        assert time.monotonic() < deadline, "nothing decoded"
+        time.sleep(0.01)
+
+
 def _read_all(ahead: ReadAhead) -> None:
     while ahead.decode_next():
         pass
-    while ahead.read_next():
-        pass
+    deadline = time.monotonic() + 60
+    while ahead.in_flight():
+        assert time.monotonic() < deadline, "still in flight"
+        ahead.read_next() or time.sleep(0.01)
 
 
 def test_a_compressed_instance_is_decoded_read_and_taken_with_its_own_uids(
@@ -82,7 +94,7 @@ def test_a_compressed_instance_is_decoded_read_and_taken_with_its_own_uids(
     assert np.array_equal(ds.pixel_array, original.pixel_array)  # lossless: the very pixels
     assert ahead.take(keys["RG2_JLSL.dcm"]) is None  # taken once
     uncompressed = ahead.take(keys["RG2_UNC_derived_from_JPLL.dcm"])
-    assert [id(d) for d in recorder.read] == [id(ds), id(uncompressed)]  # the analyzer read the objects taken
+    assert {id(d) for d in recorder.read} == {id(ds), id(uncompressed)}  # the analyzer read the objects taken
 
 
 def test_an_undecodable_instance_is_left_to_its_job(receiver: Receiver, ahead: ReadAhead, recorder: Recorder):
@@ -122,3 +134,21 @@ def test_a_burst_is_left_to_the_jobs(receiver: Receiver, ahead: ReadAhead, monke
     _read_all(ahead)
     assert ahead.take(keys["RG2_JLSL.dcm"]) is None  # one more waited when it came up
     assert ahead.take(keys["RG2_JPLL.dcm"]) is not None
+
+
+def test_a_job_waits_for_its_instance_in_flight_and_one_it_read_itself_is_not_read_later(
+    receiver: Receiver, ahead: ReadAhead, recorder: Recorder
+):
+    keys = _store(receiver, "RG2_JLSL.dcm", "RG2_JPLL.dcm")
+    ahead.decode_next()  # decoded, not read yet: in flight
+    taken: list[Dataset | None] = []
+    job = threading.Thread(target=lambda: taken.append(ahead.take(keys["RG2_JLSL.dcm"])))
+    job.start()
+    job.join(0.3)
+    assert job.is_alive()  # waiting for the decoding and the read
+    _read_next(ahead)
+    job.join(5)
+    assert taken and taken[0] is not None
+    assert ahead.take(keys["RG2_JPLL.dcm"]) is None  # still queued: the job reads it
+    _read_all(ahead)
+    assert len(recorder.read) == 1  # nor read ahead afterwards, for nobody
