@@ -4,7 +4,7 @@ A node (demo weights, ``study_idle_seconds = 1``) sends its results to a dcmtk s
 from the end of a study's C-STOREs to the SR's arrival at the archive, minus the idle time; studies go one
 after another. Concurrency: 1, 10 and 50 simultaneous associations, each storing one small study. Memory:
 the node's resident set after start (models and web app loaded) and its peak (VmHWM) at the end, and the peak
-of its child process (the decoder). Writes the ``e2e``, ``concurrency`` and ``memory`` sections.
+of its child processes (the two decoders). Writes the ``e2e``, ``concurrency`` and ``memory`` sections.
 Usage: ``python -m benchmarks.node [--quick]``.
 """
 
@@ -45,7 +45,7 @@ def _rss_mib(pid: int, field: str) -> float:
 
 
 def _children_peak_mib(pid: int) -> float:
-    """Sum of the peak resident sets of ``pid``'s child processes (the node's decoding process)."""
+    """Sum of the peak resident sets of ``pid``'s child processes (the node's decoding processes)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return sum(_rss_mib(int(child), "VmHWM") for child in children)
 

@@ -78,9 +78,10 @@ def e2e(m: dict) -> list[str]:
                   f"(goal ≤ 1.5×: {_vs_aim(worst, 1.5, higher_is_better=False)})."]
     lines += [
         "",
-        "Where the time of an uncompressed study goes (medians over those studies). The SR is stored and sent first: "
-        "report and store are the SR's; images (captures and summary, rendered and stored) run behind it, while "
-        "dispatch runs from the SR's recording to its arrival:",
+        "Where the time of an uncompressed study goes (medians over those studies). Each image is read as it "
+        "arrives: decode → CAM ran before the study was complete (ahead is their sum, the denominator above), so "
+        "after completion come the SR (report, store), sent at once (dispatch: from the SR's recording to its "
+        "arrival) while the images (captures and summary) are drawn and stored behind it:",
         "",
         "| stage | min s | median s |",
         "|---|---|---|",
@@ -114,7 +115,7 @@ def memory(m: dict) -> list[str]:
         f"| resident after start, models and web app loaded | {m['rss_idle_mib']} | |",
         f"| peak resident (VmHWM) after the latency and concurrency runs | {m['rss_peak_mib']} | ≤ {AIM_RSS_MIB}: "
         f"{_vs_aim(m['rss_peak_mib'], AIM_RSS_MIB, higher_is_better=False)} |",
-    ] + ([f"| peak resident of its decoding process (a child, outside the figure above) | "
+    ] + ([f"| peak resident of its two decoding processes together (children, outside the figure above) | "
           f"{m['children_rss_peak_mib']} | |"] if "children_rss_peak_mib" in m else [])  # fmt: skip
 
 
