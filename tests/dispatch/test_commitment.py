@@ -14,7 +14,6 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlalchemy import select
 
-from avn_node.association import configure_process
 from avn_node.config import Destination, DispatchSettings, Settings
 from avn_node.dispatch.commitment import ALL_COMMITTED, PROCESSING_FAILURE, PUSH_MODEL_INSTANCE
 from avn_node.dispatch.sender import Dispatcher
@@ -29,7 +28,8 @@ WAIT_S = 30
 
 
 class Rig:
-    """An in-process SCP and database, one result file per phantom radiograph, deliveries to Orthanc."""
+    """An in-process SCP and database, one result file per phantom radiograph, deliveries to Orthanc. (No
+    ``configure_process``: it would move this test process's temp folder, which other fixtures use.)"""
 
     def __init__(self, tmp_path: Path, orthanc: OrthancServer, files: list[Path]) -> None:
         self.port = free_port()
@@ -41,7 +41,6 @@ class Rig:
             dispatch=DispatchSettings(retry_first_seconds=1, retry_max_seconds=2),
             destinations=[destination],
         )  # fmt: skip
-        configure_process(tmp_path / "tmp")
         self.sessions = open_database(self.settings.database.url)
         self.files = LocalFileStore(tmp_path / "var")
         self.server = start_scp(self.settings, self.sessions)
