@@ -13,7 +13,8 @@ from avn_node.store.models import Case, Delivery, DeliveryState, Instance, Job, 
 RECENT = 20
 
 
-def _counts(session: Session, column: Any) -> dict[str, int]:
+def state_counts(session: Session, column: Any) -> dict[str, int]:
+    """Rows per value of a state ``column``, e.g. ``Delivery.state``."""
     return {str(state): int(n) for state, n in session.execute(select(column, func.count()).group_by(column))}
 
 
@@ -36,11 +37,11 @@ def node_status(session: Session, data_dir: Path) -> dict[str, Any]:
         for r in session.scalars(select(Result).order_by(Result.id.desc()).limit(RECENT))
     ]  # fmt: skip
     return {
-        "instances": _counts(session, Instance.state),
-        "studies": _counts(session, Study.state),
-        "cases": _counts(session, Case.state),
-        "jobs": _counts(session, Job.state),
-        "deliveries": _counts(session, Delivery.state),
+        "instances": state_counts(session, Instance.state),
+        "studies": state_counts(session, Study.state),
+        "cases": state_counts(session, Case.state),
+        "jobs": state_counts(session, Job.state),
+        "deliveries": state_counts(session, Delivery.state),
         "failures": failures,
         "results": results,
     }

@@ -26,6 +26,7 @@ from avn_node.store.models import (
     Study,
     StudyState,
 )
+from avn_node.store.status import state_counts
 from avn_node.web.schemas import (
     Attempt,
     CaseOut,
@@ -55,17 +56,13 @@ def short_uid(uid: str) -> str:
     return uid if len(uid) <= 20 else f"{uid[:8]}…{uid[-8:]}"
 
 
-def _counts(session: Session, column: Any) -> dict[str, int]:
-    return {str(state): int(n) for state, n in session.execute(select(column, func.count()).group_by(column))}
-
-
 def counts(session: Session) -> Counts:
     return Counts(
-        instances=_counts(session, Instance.state),
-        studies=_counts(session, Study.state),
-        cases=_counts(session, Case.state),
-        jobs=_counts(session, Job.state),
-        deliveries=_counts(session, Delivery.state),
+        instances=state_counts(session, Instance.state),
+        studies=state_counts(session, Study.state),
+        cases=state_counts(session, Case.state),
+        jobs=state_counts(session, Job.state),
+        deliveries=state_counts(session, Delivery.state),
     )
 
 
