@@ -154,6 +154,7 @@ class Dispatcher:
                  destination: Destination, owner: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:  # fmt: skip
         self.settings, self.sessions, self.files = settings, sessions, files
         self.destination, self.owner, self.timeout = destination, owner, timeout
+        self.committer: Committer | None = None  # storage commitment: DIMSE destinations that ask for it
         if destination.kind == "stow-rs":
             self.query = "QIDO-RS"
             self.send = partial(stow.send_files, destination, timeout=timeout)
@@ -163,8 +164,8 @@ class Dispatcher:
             self.query = "C-FIND"
             self.send = partial(send_files, destination, timeout=timeout, tls=tls)
             self.held = partial(held_by, destination, timeout=timeout, tls=tls)
-        self.committer = (Committer(settings.dispatch, sessions, destination, timeout, tls)
-                          if destination.kind == "dimse" and destination.storage_commitment else None)  # fmt: skip
+            if destination.storage_commitment:
+                self.committer = Committer(settings.dispatch, sessions, destination, timeout, tls)
 
     def claim(self) -> list[Claimed]:
         """The due deliveries this dispatcher now holds."""
